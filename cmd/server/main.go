@@ -1,0 +1,143 @@
+// Command server serves table test over HTTP. It is configured by
+// environment variables (see the README) and stops cleanly on SIGINT or
+// SIGTERM.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, stop, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until ctx is done, then shuts down gracefully. stopSignals
+// restores default signal handling once shutdown begins, so a second
+// Ctrl-C kills at once.
+func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+
+	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		// pgx redacts the password in its parse errors.
+		return fmt.Errorf("config: DATABASE_URL: %w", err)
+	}
+	poolCfg.MaxConns = cfg.DBMaxConns
+	poolCfg.MinConns = cfg.DBMinConns
+	poolCfg.MaxConnLifetime = cfg.DBMaxConnLifetime
+	poolCfg.MaxConnLifetimeJitter = cfg.DBMaxConnLifetime / 10
+	poolCfg.ConnConfig.ConnectTimeout = cfg.DBConnectTimeout
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return fmt.Errorf("database pool: %w", err)
+	}
+	defer pool.Close()
+	st := store.New(pool)
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	srv := &http.Server{
+		Handler: api.NewHandler(log, st, api.Limits{
+			MaxBodyBytes:   cfg.MaxBodyBytes,
+			MaxBatch:       cfg.MaxBatch,
+			RequestTimeout: cfg.RequestTimeout,
+			WriteTimeout:   cfg.WriteTimeout,
+		}),
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("listening", "addr", ln.Addr().String(),
+		"database", poolCfg.ConnConfig.Host, "port", poolCfg.ConnConfig.Port,
+		"db", poolCfg.ConnConfig.Database, "user", poolCfg.ConnConfig.User)
+
+	// Serve at once, so /healthz answers and /readyz says 503 while the
+	// database comes up; the store answers 503 until the schema is ready.
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	startErr := make(chan error, 1)
+	go func() { startErr <- waitForDatabase(ctx, log, st, cfg.StartupTimeout) }()
+
+	for ctx.Err() == nil {
+		select {
+		case err := <-serveErr:
+			return fmt.Errorf("serve: %w", err)
+		case err := <-startErr:
+			if err != nil {
+				_ = srv.Close()
+				return err
+			}
+		case <-ctx.Done():
+		}
+	}
+	stopSignals()
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("shutdown: in-flight requests still running after SHUTDOWN_TIMEOUT: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// waitForDatabase creates the schema, retrying with capped exponential
+// backoff while the database is unreachable or starting (in compose it
+// starts slower than the service), up to limit. Errors that waiting cannot
+// cure, such as a wrong password, end it at once.
+func waitForDatabase(ctx context.Context, log *slog.Logger, st *store.Store, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	wait := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		dialect, version, err := st.Migrate(ctx)
+		if err == nil {
+			log.Info("database ready", "dialect", string(dialect), "server_version", version, "attempt", attempt)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return nil // shutting down before the database came up
+		}
+		if !errors.Is(err, store.ErrUnavailable) {
+			return fmt.Errorf("database: %w", err)
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return fmt.Errorf("database not reachable within STARTUP_TIMEOUT (%s): %w", limit, err)
+		}
+		log.Warn("database not ready, retrying", "attempt", attempt, "retry_in", wait.String(), "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}

@@ -1,0 +1,99 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/ybrest/testsapi/internal/store"
+)
+
+// problem is an RFC 9457 problem details object. Type is always
+// "about:blank": the status says what happened, Detail says it for people.
+type problem struct {
+	Type   string       `json:"type"`
+	Title  string       `json:"title"`
+	Status int          `json:"status"`
+	Detail string       `json:"detail"`
+	Errors []fieldError `json:"errors,omitempty"`
+}
+
+// fieldError is one problem with the request body: Pointer is a JSON
+// Pointer into the body as a URI fragment ("#/0/name"; "#" is the body).
+type fieldError struct {
+	Pointer string `json:"pointer"`
+	Detail  string `json:"detail"`
+}
+
+// requestError is a problem with the request itself: handlers return it and
+// respond turns it into its status and detail.
+type requestError struct {
+	status int
+	detail string
+	errors []fieldError
+}
+
+func (e *requestError) Error() string { return e.detail }
+
+func badRequest(detail string) error {
+	return &requestError{status: http.StatusBadRequest, detail: detail}
+}
+
+// retryAfter is the Retry-After value (seconds) sent with every 503: the
+// pool reconnects within about a second of the database's return.
+const retryAfter = "1"
+
+// respond writes err as a problem. It is the one place that chooses a status
+// for an error; the text of errors from the store or the driver never
+// reaches the client, only a fixed detail per status, and only 5xx are
+// logged (with the request id to match the access log).
+func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error) {
+	var reqErr *requestError
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &reqErr):
+		writeProblem(w, reqErr.status, reqErr.detail, reqErr.errors)
+	case errors.As(err, &tooBig):
+		writeProblem(w, http.StatusRequestEntityTooLarge,
+			"The request body is larger than the limit of "+itoa(tooBig.Limit)+" bytes.", nil)
+	case errors.Is(err, store.ErrConflict):
+		writeProblem(w, http.StatusConflict,
+			"A name in the request is already taken; nothing was stored.", nil)
+	case errors.Is(err, store.ErrNotFound):
+		writeProblem(w, http.StatusNotFound, "No test has this id.", nil)
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		logError(log, r, http.StatusServiceUnavailable, err)
+		w.Header().Set("Retry-After", retryAfter)
+		writeProblem(w, http.StatusServiceUnavailable,
+			"The database is unavailable or too slow right now; retry shortly.", nil)
+	case errors.Is(err, context.Canceled):
+		// The client is gone; the status is for the access log only.
+		writeProblem(w, 499, "The request was cancelled.", nil)
+	default:
+		logError(log, r, http.StatusInternalServerError, err)
+		writeProblem(w, http.StatusInternalServerError, "An internal error occurred.", nil)
+	}
+}
+
+func logError(log *slog.Logger, r *http.Request, status int, err error) {
+	log.LogAttrs(r.Context(), slog.LevelError, "request failed",
+		slog.String("request_id", middleware.GetReqID(r.Context())),
+		slog.Int("status", status),
+		slog.String("error", err.Error()))
+}
+
+func writeProblem(w http.ResponseWriter, status int, detail string, errs []fieldError) {
+	title := http.StatusText(status)
+	if title == "" {
+		title = "Client Closed Request"
+	}
+	encode(w, status, "application/problem+json", problem{
+		Type:   "about:blank",
+		Title:  title,
+		Status: status,
+		Detail: detail,
+		Errors: errs,
+	})
+}

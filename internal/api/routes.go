@@ -1,0 +1,71 @@
+// Package api serves table test over HTTP: the routes, the handlers, and
+// the mapping of every error to an RFC 9457 problem.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	testsapi "github.com/ybrest/testsapi"
+	"github.com/ybrest/testsapi/internal/store"
+)
+
+// testStore is what the handlers need from the store.
+type testStore interface {
+	Create(ctx context.Context, name string) (store.Test, error)
+	CreateMany(ctx context.Context, names []string) ([]store.Test, error)
+	Get(ctx context.Context, id int64) (store.Test, error)
+	List(ctx context.Context, after int64, limit int) ([]store.Test, error)
+	Stream(ctx context.Context, after int64, limit int, fn func(store.Test) error) error
+	Ping(ctx context.Context) error
+}
+
+var _ testStore = (*store.Store)(nil)
+
+// Limits bound what one request may ask of the service.
+type Limits struct {
+	MaxBodyBytes   int64         // largest POST body; larger is 413
+	MaxBatch       int           // most items in one POST array; more is 422
+	RequestTimeout time.Duration // longest a non-streaming request may take; then 503
+	WriteTimeout   time.Duration // longest a streaming export may go without writing
+}
+
+// NewHandler returns the service's HTTP handler: every route and its
+// middleware, in the order openapi.yaml lists them.
+func NewHandler(log *slog.Logger, st testStore, lim Limits) http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, secureHeaders, accessLog(log), recoverer(log))
+
+	r.With(timeout(lim.RequestTimeout)).Post("/tests", handleTestsCreate(log, st, lim).ServeHTTP)
+	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
+	r.With(timeout(lim.RequestTimeout)).Get("/tests/{id}", handleTestsGet(log, st).ServeHTTP)
+	r.Get("/healthz", handleHealthz().ServeHTTP)
+	r.Get("/readyz", handleReadyz(log, st).ServeHTTP)
+	r.Get("/openapi.yaml", handleOpenAPI(testsapi.OpenAPI).ServeHTTP)
+
+	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
+		writeProblem(w, http.StatusNotFound, "There is no resource at this path.", nil)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Allow", allowed(r, req.URL.Path))
+		writeProblem(w, http.StatusMethodNotAllowed, "This path does not support "+req.Method+".", nil)
+	})
+	return r
+}
+
+// allowed lists the methods routes has for path, for the Allow header of a
+// 405 (chi sets it only on its default handler).
+func allowed(routes chi.Routes, path string) string {
+	var ms []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		if routes.Match(chi.NewRouteContext(), m, path) {
+			ms = append(ms, m)
+		}
+	}
+	return strings.Join(ms, ", ")
+}

@@ -1,0 +1,100 @@
+// Package store keeps the rows of table test in a PostgreSQL-compatible
+// database (YugabyteDB YSQL in production, PostgreSQL in development).
+// It owns the row type, the SQL, the schema and the errors callers see.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Test is one row of table test.
+type Test struct {
+	ID   int32  `json:"id"`
+	Name string `json:"name"`
+}
+
+// Errors returned by Store methods, wrapped with %w; callers test them with errors.Is.
+var (
+	// ErrConflict means a name is already taken (stored, or repeated in one batch).
+	ErrConflict = errors.New("name already taken")
+	// ErrNotFound means no row has the requested id.
+	ErrNotFound = errors.New("not found")
+	// ErrUnavailable means the database could not be reached or asked us to
+	// come back later; the request may succeed if retried.
+	ErrUnavailable = errors.New("database unavailable")
+)
+
+// Store reads and writes table test through a connection pool. It answers
+// ErrUnavailable until Migrate has succeeded, so a service that starts
+// before its database serves 503s, not errors about a missing table.
+type Store struct {
+	pool  *pgxpool.Pool
+	ready atomic.Bool
+}
+
+// New returns a Store using pool. The pool stays the caller's to close.
+func New(pool *pgxpool.Pool) *Store {
+	return &Store{pool: pool}
+}
+
+// errNotMigrated is returned before Migrate has succeeded.
+var errNotMigrated = fmt.Errorf("%w: schema not ready yet", ErrUnavailable)
+
+// Ping checks that the schema is in place and a connection answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if !s.ready.Load() {
+		return errNotMigrated
+	}
+	return classify(s.pool.Ping(ctx))
+}
+
+// classify maps driver and server errors to the package's sentinels, keeping
+// the original error in the chain for logs. It is the one place that reads
+// SQLSTATE codes.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) {
+		// The client went away; nothing to report to anyone.
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case transient(pgErr.Code):
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		default:
+			return err
+		}
+	}
+	// Anything that is not an answer from the server (refused or reset
+	// connections, timeouts, a pool that could not connect) means the
+	// database is out of reach right now, not that the request was wrong.
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// transient reports whether a SQLSTATE says "try again later" rather than
+// "this request is wrong".
+func transient(code string) bool {
+	switch code {
+	case "40001", // serialization_failure (YugabyteDB also uses it for read restarts)
+		"40P01", // deadlock_detected
+		"57014", // query_canceled (statement_timeout)
+		"55P03": // lock_not_available
+		return true
+	}
+	switch code[:2] {
+	case "08", // connection exception
+		"53", // insufficient resources (e.g. too many connections)
+		"57": // operator intervention (admin shutdown, cannot connect now)
+		return true
+	}
+	return false
+}

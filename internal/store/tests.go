@@ -1,0 +1,205 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Create inserts one row named name and returns it with its generated id.
+// A name already stored gives ErrConflict.
+func (s *Store) Create(ctx context.Context, name string) (Test, error) {
+	if !s.ready.Load() {
+		return Test{}, errNotMigrated
+	}
+	// ON CONFLICT (name) targets the name's unique key only: a taken name
+	// returns no row instead of an error, and any other violation (say, of
+	// the primary key) still surfaces as the error it is.
+	const q = `
+INSERT INTO test (name)
+VALUES ($1)
+ON CONFLICT (name) DO NOTHING
+RETURNING id, name`
+	var t Test
+	err := retry(ctx, func() error {
+		return s.pool.QueryRow(ctx, q, name).Scan(&t.ID, &t.Name)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Test{}, fmt.Errorf("create %q: %w", name, ErrConflict)
+	}
+	if err != nil {
+		return Test{}, fmt.Errorf("create: %w", classify(err))
+	}
+	return t, nil
+}
+
+// CreateMany inserts all names in one transaction, all or nothing, and
+// returns the rows in input order with ids ascending in that order. A name
+// repeated in names or already stored gives ErrConflict and stores nothing.
+func (s *Store) CreateMany(ctx context.Context, names []string) ([]Test, error) {
+	if !s.ready.Load() {
+		return nil, errNotMigrated
+	}
+	seen := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		if _, dup := seen[n]; dup {
+			return nil, fmt.Errorf("create %q twice: %w", n, ErrConflict)
+		}
+		seen[n] = struct{}{}
+	}
+	// One statement and one parameter whatever the length (no 65,535
+	// parameter limit); ORDER BY ord makes the sequence hand out ids in
+	// input order.
+	const q = `
+INSERT INTO test (name)
+SELECT name
+FROM unnest($1::text[]) WITH ORDINALITY AS input(name, ord)
+ORDER BY ord
+ON CONFLICT (name) DO NOTHING
+RETURNING id, name`
+	var out []Test
+	err := retry(ctx, func() error {
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			rows, _ := tx.Query(ctx, q, names)
+			created, err := pgx.CollectRows(rows, scanTest)
+			if err != nil {
+				return err
+			}
+			if len(created) < len(names) {
+				// Some name was taken: returning an error rolls back the rows
+				// that did go in.
+				return ErrConflict
+			}
+			out = inputOrder(names, created)
+			return nil
+		})
+	})
+	if errors.Is(err, ErrConflict) {
+		return nil, fmt.Errorf("create %d rows: %w", len(names), ErrConflict)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create %d rows: %w", len(names), classify(err))
+	}
+	return out, nil
+}
+
+// inputOrder puts created rows in the order of names: RETURNING promises no order.
+func inputOrder(names []string, created []Test) []Test {
+	byName := make(map[string]Test, len(created))
+	for _, t := range created {
+		byName[t.Name] = t
+	}
+	out := make([]Test, len(names))
+	for i, n := range names {
+		out[i] = byName[n]
+	}
+	return out
+}
+
+// Get returns the row with the given id, or ErrNotFound.
+func (s *Store) Get(ctx context.Context, id int64) (Test, error) {
+	if !s.ready.Load() {
+		return Test{}, errNotMigrated
+	}
+	if id < 1 || id > math.MaxInt32 {
+		// id is an integer column: no row can have this id.
+		return Test{}, fmt.Errorf("get %d: %w", id, ErrNotFound)
+	}
+	const q = `
+SELECT id,
+       name
+FROM test
+WHERE id = $1`
+	var t Test
+	err := retry(ctx, func() error {
+		return s.pool.QueryRow(ctx, q, int32(id)).Scan(&t.ID, &t.Name)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Test{}, fmt.Errorf("get %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Test{}, fmt.Errorf("get %d: %w", id, classify(err))
+	}
+	return t, nil
+}
+
+// List returns up to limit rows with id greater than after, in id order.
+// It collects the rows: callers bound limit.
+func (s *Store) List(ctx context.Context, after int64, limit int) ([]Test, error) {
+	out := make([]Test, 0, min(limit, 1000))
+	err := s.Stream(ctx, after, limit, func(t Test) error {
+		out = append(out, t)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Stream calls fn for each row with id greater than after, in id order, as
+// the rows arrive from the server, never holding more than one; limit 0
+// means no limit. It stops at fn's first error and returns it.
+func (s *Store) Stream(ctx context.Context, after int64, limit int, fn func(Test) error) error {
+	if !s.ready.Load() {
+		return errNotMigrated
+	}
+	if after >= math.MaxInt32 {
+		return nil // no integer id is greater
+	}
+	// Keyset pagination: WHERE id > $1 ORDER BY id is an index range scan,
+	// whatever the depth (OFFSET would read and skip every earlier row).
+	// LIMIT NULL is no limit.
+	const q = `
+SELECT id,
+       name
+FROM test
+WHERE id > $1
+ORDER BY id
+LIMIT $2`
+	var lim *int64
+	if limit > 0 {
+		l := int64(limit)
+		lim = &l
+	}
+	var fnErr error
+	err := retry(ctx, func() error {
+		rows, err := s.pool.Query(ctx, q, max(after, 0), lim)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		var t Test
+		delivered := false
+		for rows.Next() {
+			if err := rows.Scan(&t.ID, &t.Name); err != nil {
+				return err
+			}
+			delivered = true
+			if fnErr = fn(t); fnErr != nil {
+				return nil
+			}
+		}
+		if err := rows.Err(); err != nil && delivered {
+			// Running the query again would hand fn the same rows twice.
+			return final{err}
+		}
+		return rows.Err()
+	})
+	if fnErr != nil {
+		return fnErr
+	}
+	if err != nil {
+		return fmt.Errorf("stream after %d: %w", after, classify(err))
+	}
+	return nil
+}
+
+func scanTest(row pgx.CollectableRow) (Test, error) {
+	var t Test
+	err := row.Scan(&t.ID, &t.Name)
+	return t, err
+}
