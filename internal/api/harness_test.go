@@ -1,0 +1,261 @@
+package api_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+	"github.com/jackc/pgx/v5/pgxpool"
+	testsapi "github.com/ybrest/testsapi"
+	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/dbtest"
+	"github.com/ybrest/testsapi/internal/store"
+)
+
+func TestMain(m *testing.M) { dbtest.Main(m) }
+
+// testLimits are small so that the limits themselves can be tested cheaply.
+var testLimits = api.Limits{
+	MaxBodyBytes:   64 << 10,
+	MaxBatch:       5,
+	RequestTimeout: 5 * time.Second,
+	WriteTimeout:   5 * time.Second,
+}
+
+// env is one test's service: the real router over the real store on its
+// own schema, and the pool to look at the table directly.
+type env struct {
+	h    http.Handler
+	pool *pgxpool.Pool
+	st   *store.Store
+}
+
+// mustEnv gives the test a service on a fresh schema, table created.
+func mustEnv(t *testing.T) *env {
+	t.Helper()
+	return mustEnvURL(t, dbtest.NewSchema(t), testLimits)
+}
+
+func mustEnvURL(t *testing.T, url string, lim api.Limits) *env {
+	t.Helper()
+	pool := mustPool(t, url)
+	st := store.New(pool)
+	if _, _, err := st.Migrate(context.Background()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return &env{h: api.NewHandler(slog.New(slog.DiscardHandler), st, lim), pool: pool, st: st}
+}
+
+func mustPool(t *testing.T, url string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// response is what a request got, body read.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) json(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.body, v); err != nil {
+		t.Fatalf("decode %q: %v", r.body, err)
+	}
+}
+
+// do sends one request through the handler and checks the response against
+// openapi.yaml, so every test that calls it also proves the spec matches
+// the server for the statuses it produces.
+func do(t *testing.T, h http.Handler, method, target string, body string, header ...string) response {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req := httptest.NewRequest(method, target, rd)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		if header[i+1] == "" {
+			req.Header.Del(header[i])
+		} else {
+			req.Header.Set(header[i], header[i+1])
+		}
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	res := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
+	checkSpec(t, req, res)
+	return res
+}
+
+var spec struct {
+	once   sync.Once
+	router routers.Router
+	err    error
+}
+
+// checkSpec validates res against openapi.yaml. A request for a path or
+// method the spec does not have must be answered 404 or 405 as a problem.
+func checkSpec(t *testing.T, req *http.Request, res response) {
+	t.Helper()
+	spec.once.Do(func() {
+		loader := openapi3.NewLoader()
+		doc, err := loader.LoadFromData(testsapi.OpenAPI)
+		if err != nil {
+			spec.err = err
+			return
+		}
+		if spec.err = doc.Validate(context.Background()); spec.err != nil {
+			return
+		}
+		doc.Servers = nil // match whatever host httptest uses
+		spec.router, spec.err = legacy.NewRouter(doc)
+	})
+	if spec.err != nil {
+		t.Fatalf("openapi.yaml: %v", spec.err)
+	}
+	route, params, err := spec.router.FindRoute(req)
+	if err != nil {
+		if res.status != http.StatusNotFound && res.status != http.StatusMethodNotAllowed {
+			t.Errorf("%s %s: not in openapi.yaml (%v) but answered %d", req.Method, req.URL, err, res.status)
+		}
+		if ct := res.header.Get("Content-Type"); ct != "application/problem+json" {
+			t.Errorf("%s %s: %d with Content-Type %q, want a problem", req.Method, req.URL, res.status, ct)
+		}
+		return
+	}
+	in := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{
+			Request: req, PathParams: params, Route: route,
+			Options: &openapi3filter.Options{SkipSettingDefaults: true},
+		},
+		Status:  res.status,
+		Header:  res.header,
+		Options: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+	}
+	in.SetBodyBytes(res.body)
+	if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
+		t.Errorf("%s %s: response %d does not match openapi.yaml: %v\nbody: %.300s", req.Method, req.URL, res.status, err, res.body)
+	}
+}
+
+// problemOf decodes a problem response and checks its common shape.
+func problemOf(t *testing.T, res response, status int) problem {
+	t.Helper()
+	if res.status != status {
+		t.Fatalf("status %d, want %d; body %s", res.status, status, res.body)
+	}
+	if ct := res.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type %q, want application/problem+json", ct)
+	}
+	var p problem
+	res.json(t, &p)
+	if p.Status != status || p.Type == "" || p.Title == "" || p.Detail == "" {
+		t.Fatalf("incomplete problem: %+v", p)
+	}
+	return p
+}
+
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+	Errors []struct {
+		Pointer string `json:"pointer"`
+		Detail  string `json:"detail"`
+	} `json:"errors"`
+}
+
+type test struct {
+	ID   int32  `json:"id"`
+	Name string `json:"name"`
+}
+
+// mustCreate creates rows through the API and returns them.
+func mustCreate(t *testing.T, h http.Handler, names ...string) []test {
+	t.Helper()
+	items := make([]map[string]string, len(names))
+	for i, n := range names {
+		items[i] = map[string]string{"name": n}
+	}
+	var out []test
+	for len(items) > 0 {
+		chunk := items[:min(len(items), testLimits.MaxBatch)]
+		items = items[len(chunk):]
+		b, _ := json.Marshal(chunk)
+		res := do(t, h, "POST", "/tests", string(b))
+		if res.status != http.StatusCreated {
+			t.Fatalf("create: %d %s", res.status, res.body)
+		}
+		var got []test
+		res.json(t, &got)
+		out = append(out, got...)
+	}
+	return out
+}
+
+// tableNames returns every name in the table, in id order, read directly.
+func tableNames(t *testing.T, pool *pgxpool.Pool) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), "SELECT name FROM test ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+
+// bigBody lets a request body be large enough for the deep-nesting case.
+var bigBody = api.Limits{
+	MaxBodyBytes:   1 << 20,
+	MaxBatch:       testLimits.MaxBatch,
+	RequestTimeout: testLimits.RequestTimeout,
+	WriteTimeout:   testLimits.WriteTimeout,
+}
+
+func dbtestSchema(t *testing.T) string { t.Helper(); return dbtest.NewSchema(t) }
+
+// doReader posts body with no Content-Length, as a chunked upload would.
+func doReader(t *testing.T, h http.Handler, body io.Reader) response {
+	t.Helper()
+	req := httptest.NewRequest("POST", "/tests", io.NopCloser(body))
+	req.ContentLength = -1
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	res := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
+	checkSpec(t, req, res)
+	return res
+}

@@ -1,0 +1,146 @@
+package dbtest_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ybrest/testsapi/internal/dbtest"
+)
+
+func TestMain(m *testing.M) { dbtest.Main(m) }
+
+// mustConnect opens a connection that is closed when the test ends.
+func mustConnect(t *testing.T, connURL string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, connURL)
+	if err != nil {
+		t.Fatalf("connect %s: %v", connURL, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// schemaOf reads back the schema NewSchema put into the connection string (a URL, or a keyword/value DSN
+// when TEST_DATABASE_URL is one).
+func schemaOf(t *testing.T, connString string) string {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(connString)
+	if err != nil {
+		t.Fatalf("parse %q: %v", connString, err)
+	}
+	s := cfg.RuntimeParams["search_path"]
+	if s == "" {
+		t.Fatalf("no search_path in %q", connString)
+	}
+	return s
+}
+
+func TestNewSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("CurrentSchema", func(t *testing.T) {
+		t.Parallel()
+		u := dbtest.NewSchema(t)
+		var got string
+		if err := mustConnect(t, u).QueryRow(ctx, "SELECT current_schema()").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if want := schemaOf(t, u); got != want {
+			t.Errorf("current_schema() = %q, want %q", got, want)
+		}
+	})
+
+	t.Run("Isolated", func(t *testing.T) {
+		t.Parallel()
+		a := mustConnect(t, dbtest.NewSchema(t))
+		b := mustConnect(t, dbtest.NewSchema(t))
+		if _, err := a.Exec(ctx, "CREATE TABLE widgets (id int PRIMARY KEY)"); err != nil {
+			t.Fatal(err)
+		}
+		var got *string
+		if err := b.QueryRow(ctx, "SELECT to_regclass('widgets')::text").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != nil {
+			t.Errorf("table created in one schema is visible from another as %q", *got)
+		}
+		// The same name is free in the other schema.
+		if _, err := b.Exec(ctx, "CREATE TABLE widgets (id int PRIMARY KEY)"); err != nil {
+			t.Errorf("create same table in second schema: %v", err)
+		}
+	})
+
+	t.Run("DroppedAfterCleanup", func(t *testing.T) {
+		t.Parallel()
+		var name string
+		t.Run("Owner", func(t *testing.T) {
+			u := dbtest.NewSchema(t)
+			name = schemaOf(t, u)
+			if _, err := mustConnect(t, u).Exec(ctx, "CREATE TABLE widgets (id int)"); err != nil {
+				t.Fatal(err)
+			}
+		})
+		var n int
+		err := mustConnect(t, dbtest.NewSchema(t)).
+			QueryRow(ctx, "SELECT count(*) FROM pg_namespace WHERE nspname = $1", name).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("schema %q still exists after its test's cleanup", name)
+		}
+	})
+
+	t.Run("ManyInParallel", func(t *testing.T) {
+		t.Parallel()
+		for range 8 {
+			t.Run("Schema", func(t *testing.T) {
+				t.Parallel()
+				if _, err := mustConnect(t, dbtest.NewSchema(t)).Exec(ctx, "CREATE TABLE widgets (id int)"); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	})
+}
+
+func TestNewServer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := dbtest.NewServer(t)
+
+	conn := mustConnect(t, srv.URL())
+	if _, err := conn.Exec(ctx, "CREATE TABLE widgets (name text)"); err != nil {
+		t.Fatal(err)
+	}
+	// Acknowledged before the crash, so it must be there after it.
+	if _, err := conn.Exec(ctx, "INSERT INTO widgets VALUES ('acked')"); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Stop(t)
+	if err := conn.Ping(ctx); err == nil {
+		t.Error("Ping on a connection opened before Stop succeeded")
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if c, err := pgx.Connect(cctx, srv.URL()); err == nil {
+		c.Close(ctx)
+		t.Fatal("Connect after Stop succeeded")
+	}
+
+	srv.Start(t)
+	var got string
+	if err := mustConnect(t, srv.URL()).QueryRow(ctx, "SELECT name FROM widgets").Scan(&got); err != nil {
+		t.Fatalf("read after Start: %v", err)
+	}
+	if got != "acked" {
+		t.Errorf("row after Stop+Start = %q, want %q", got, "acked")
+	}
+}
