@@ -236,7 +236,6 @@ func tableNames(t *testing.T, pool *pgxpool.Pool) []string {
 	return names
 }
 
-
 // bigBody lets a request body be large enough for the deep-nesting case.
 var bigBody = api.Limits{
 	MaxBodyBytes:   1 << 20,
