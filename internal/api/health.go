@@ -2,9 +2,12 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/ybrest/testsapi/internal/store"
 )
 
 // readyTimeout bounds the database ping of GET /readyz: an orchestrator
@@ -30,7 +33,8 @@ func handleReadyz(log *slog.Logger, st testStore) http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()
 		if err := st.Ping(ctx); err != nil {
-			respond(log, w, r, err)
+			// Whatever the cause, the answer to "ready?" is no.
+			respond(log, w, r, fmt.Errorf("%w: %w", store.ErrUnavailable, err))
 			return
 		}
 		encode(w, http.StatusOK, "application/json", status{"ok"})

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"math"
 	"net/http"
@@ -64,6 +65,11 @@ func handleTestsCreate(log *slog.Logger, st testStore, lim Limits) http.Handler 
 func handleTestsGet(log *slog.Logger, st testStore) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := parseUint(chi.URLParam(r, "id"))
+		if errors.Is(err, strconv.ErrRange) {
+			// A positive integer, just larger than any id can be.
+			respond(log, w, r, store.ErrNotFound)
+			return
+		}
 		if err != nil || id == 0 {
 			respond(log, w, r, badRequest("The id must be a positive integer."))
 			return

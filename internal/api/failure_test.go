@@ -1,0 +1,178 @@
+package api_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/store"
+)
+
+// failingStore injects failures a real database cannot easily produce on
+// demand: every method returns err, or panics when err is nil.
+type failingStore struct{ err error }
+
+func (f failingStore) fail() error {
+	if f.err == nil {
+		panic("store exploded")
+	}
+	return f.err
+}
+func (f failingStore) Create(context.Context, string) (store.Test, error) {
+	return store.Test{}, f.fail()
+}
+func (f failingStore) CreateMany(context.Context, []string) ([]store.Test, error) {
+	return nil, f.fail()
+}
+func (f failingStore) Get(context.Context, int64) (store.Test, error) { return store.Test{}, f.fail() }
+func (f failingStore) List(context.Context, int64, int) ([]store.Test, error) {
+	return nil, f.fail()
+}
+func (f failingStore) Stream(context.Context, int64, int, func(store.Test) error) error {
+	return f.fail()
+}
+func (f failingStore) Ping(context.Context) error { return f.fail() }
+
+// secret stands for driver or SQL text that must never reach a client.
+const secret = `ERROR: relation "test" SELECT id, name FROM test (SQLSTATE 42P01) at pgx.go:123`
+
+func TestFailures(t *testing.T) {
+	t.Parallel()
+	requests := []struct{ method, path, body, accept string }{
+		{"POST", "/tests", `{"name": "a"}`, ""},
+		{"POST", "/tests", `[{"name": "a"}]`, ""},
+		{"GET", "/tests", "", ""},
+		{"GET", "/tests", "", "application/x-ndjson"},
+		{"GET", "/tests", "", "text/csv"},
+		{"GET", "/tests/1", "", ""},
+		{"GET", "/readyz", "", ""},
+	}
+	tests := []struct {
+		name   string
+		err    error
+		status int
+	}{
+		{"Unavailable", fmt.Errorf("query: %w: %s", store.ErrUnavailable, secret), http.StatusServiceUnavailable},
+		{"Timeout", fmt.Errorf("query: %w", context.DeadlineExceeded), http.StatusServiceUnavailable},
+		{"Internal", errors.New(secret), http.StatusInternalServerError},
+		{"Panic", nil, http.StatusInternalServerError},
+	}
+	for _, tc := range tests {
+		h := api.NewHandler(slog.New(slog.DiscardHandler), failingStore{tc.err}, testLimits)
+		for _, rq := range requests {
+			t.Run(tc.name+rq.method+rq.path+rq.accept+rq.body, func(t *testing.T) {
+				res := do(t, h, rq.method, rq.path, rq.body, "Accept", rq.accept)
+				want := tc.status
+				if rq.path == "/readyz" && tc.err != nil {
+					want = http.StatusServiceUnavailable // any failed ping means "not ready"
+				}
+				problemOf(t, res, want)
+				if want == http.StatusServiceUnavailable && res.header.Get("Retry-After") == "" {
+					t.Fatal("503 without Retry-After")
+				}
+				for _, leak := range []string{"SQLSTATE", "SELECT", "pgx", "store exploded", "goroutine"} {
+					if strings.Contains(string(res.body), leak) {
+						t.Fatalf("response leaks %q: %s", leak, res.body)
+					}
+				}
+			})
+		}
+	}
+}
+
+// midStreamStore fails after some rows have been sent.
+type midStreamStore struct{ failingStore }
+
+func (midStreamStore) Stream(_ context.Context, _ int64, _ int, fn func(store.Test) error) error {
+	for i := range 5000 {
+		if err := fn(store.Test{ID: int32(i + 1), Name: "row"}); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: connection reset", store.ErrUnavailable)
+}
+
+// TestStreamFailureAborts checks that an export that fails midway does not
+// look complete: the status is already 200, so the connection is cut and
+// the client's read fails instead of ending cleanly.
+func TestStreamFailureAborts(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(api.NewHandler(slog.New(slog.DiscardHandler), midStreamStore{}, testLimits))
+	defer srv.Close()
+	for _, accept := range []string{"application/x-ndjson", "text/csv"} {
+		req, _ := http.NewRequest("GET", srv.URL+"/tests", nil)
+		req.Header.Set("Accept", accept)
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || err == nil {
+			t.Fatalf("%s: status %d, read error %v after %d bytes; want 200 and a failed read", accept, res.StatusCode, err, len(body))
+		}
+	}
+}
+
+// TestRequestTimeout holds a lock the insert needs: the request must end
+// at the configured timeout with a 503, and its statement must stop on the
+// server rather than run on after the client got its answer.
+func TestRequestTimeout(t *testing.T) {
+	t.Parallel()
+	lim := testLimits
+	lim.RequestTimeout = 500 * time.Millisecond
+	e := mustEnvURL(t, dbtestSchema(t), lim)
+	tx, err := e.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(t.Context(), "LOCK TABLE test IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for _, rq := range []struct{ method, path, body string }{
+		{"POST", "/tests", `{"name": "slow"}`},
+		{"GET", "/tests", ""},
+		{"GET", "/tests/1", ""},
+	} {
+		res := do(t, e.h, rq.method, rq.path, rq.body)
+		problemOf(t, res, http.StatusServiceUnavailable)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("three timed-out requests took %s", d)
+	}
+	// The cancelled statements are gone from the server: only the lock
+	// holder's session remains for this schema's table.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var waiting int
+		err := e.pool.QueryRow(t.Context(), `
+SELECT count(*)
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation
+WHERE c.relname = 'test' AND c.relnamespace = current_schema()::regnamespace AND NOT l.granted`).Scan(&waiting)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if waiting == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d statements still waiting on the server after their requests timed out", waiting)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tx.Rollback(context.Background())
+	if names := tableNames(t, e.pool); len(names) != 0 {
+		t.Fatalf("timed-out create stored %q", names)
+	}
+}
