@@ -64,7 +64,11 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 	case errors.Is(err, store.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, "No test has this id.", nil)
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		logError(log, r, http.StatusServiceUnavailable, err)
+		// A warning, not an error: it is expected while the database is
+		// away, and readiness probes would otherwise flood the error log.
+		log.LogAttrs(r.Context(), slog.LevelWarn, "database unavailable",
+			slog.String("request_id", middleware.GetReqID(r.Context())),
+			slog.String("error", err.Error()))
 		w.Header().Set("Retry-After", retryAfter)
 		writeProblem(w, http.StatusServiceUnavailable,
 			"The database is unavailable or too slow right now; retry shortly.", nil)

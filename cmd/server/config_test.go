@@ -1,0 +1,61 @@
+package main_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// TestBadConfig checks that a configuration mistake stops the process at
+// once with a message naming the variable, and that no message ever shows
+// the database password.
+func TestBadConfig(t *testing.T) {
+	t.Parallel()
+	// Where a bad value were accepted, the process would go on to this
+	// refusing port and fail on STARTUP_TIMEOUT instead, naming the wrong
+	// variable.
+	unreachable := func(t *testing.T) string {
+		return fmt.Sprintf("DATABASE_URL=postgres://app:s3cretpass@127.0.0.1:%d/app?sslmode=disable", closedPort(t))
+	}
+	tests := []struct {
+		name     string
+		env      string // added to a valid configuration, whose DATABASE_URL has a password
+		naming   string // what stderr must contain
+		connects bool   // the process gets as far as trying the database
+	}{
+		{name: "MaxConnsNotNumber", env: "DB_MAX_CONNS=abc", naming: "DB_MAX_CONNS"},
+		{name: "MaxConnsZero", env: "DB_MAX_CONNS=0", naming: "DB_MAX_CONNS"},
+		{name: "RequestTimeoutNotDuration", env: "REQUEST_TIMEOUT=soon", naming: "REQUEST_TIMEOUT"},
+		{name: "MaxBodyBytesNegative", env: "MAX_BODY_BYTES=-1", naming: "MAX_BODY_BYTES"},
+		{name: "LogLevelUnknown", env: "LOG_LEVEL=loud", naming: "LOG_LEVEL"},
+		{name: "DatabaseURLMalformed", env: "DATABASE_URL=://bad", naming: "DATABASE_URL"},
+		{name: "DatabaseURLMalformedWithPassword", env: "DATABASE_URL=postgres://app:s3cretpass@127.0.0.1:notaport/app", naming: "DATABASE_URL"},
+		{name: "DatabaseUnreachableWithPassword", naming: "STARTUP_TIMEOUT", connects: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			env := []string{unreachable(t), "STARTUP_TIMEOUT=1s", "DB_CONNECT_TIMEOUT=1s"}
+			if tc.env != "" {
+				env = append(env, tc.env)
+			}
+			p := start(t, env...)
+			code := p.waitExit(t, exitWithin)
+			stdout, stderr := p.stdout.text(), p.stderr.text()
+			if code == 0 {
+				t.Errorf("exit code 0, want non-zero")
+			}
+			if !strings.Contains(stderr, tc.naming) {
+				t.Errorf("stderr does not name %s:\n%s", tc.naming, stderr)
+			}
+			if strings.Contains(stdout+stderr, "s3cretpass") {
+				t.Errorf("the password is in the output:\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
+			}
+			if tc.connects && !strings.Contains(stdout, "database not ready, retrying") {
+				// Connection errors are where a password would leak: make
+				// sure some were logged.
+				t.Errorf("no failed connection attempt logged:\n%s", stdout)
+			}
+		})
+	}
+}
