@@ -1,9 +1,12 @@
 // Command server serves table test over HTTP. It is configured by
 // environment variables (see the README) and stops cleanly on SIGINT or
-// SIGTERM.
+// SIGTERM. `server healthcheck` instead probes the /healthz of a server
+// running in the same container (the Dockerfile's HEALTHCHECK) and exits 0
+// if it answers 200, 1 otherwise.
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +25,15 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		// Docker's HEALTHCHECK runs this in the same container, with the
+		// same environment as the server.
+		if err := healthcheck(cmp.Or(os.Getenv("HTTP_ADDR"), ":8080")); err != nil {
+			fmt.Fprintln(os.Stderr, "healthcheck:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, stop, os.Stdout); err != nil {
@@ -118,7 +130,11 @@ func waitForDatabase(ctx context.Context, log *slog.Logger, st *store.Store, lim
 	deadline := time.Now().Add(limit)
 	wait := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		dialect, version, err := st.Migrate(ctx)
+		// Each attempt ends at the deadline too: a lock held by a hung
+		// instance must not keep this one waiting past STARTUP_TIMEOUT.
+		attemptCtx, cancel := context.WithDeadline(ctx, deadline)
+		dialect, version, err := st.Migrate(attemptCtx)
+		cancel()
 		if err == nil {
 			log.Info("database ready", "dialect", string(dialect), "server_version", version, "attempt", attempt)
 			return nil

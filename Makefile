@@ -1,0 +1,43 @@
+# Everyday commands. CI runs .ci/run, which does what `make lint test` does.
+
+# The YugabyteDB that docker-compose.yml publishes on localhost:5433.
+YUGABYTE_URL := postgres://yugabyte:yugabyte@localhost:5433/yugabyte?sslmode=disable
+
+.PHONY: test test-yugabyte run docker compose-up compose-cluster-up compose-down lint
+
+## test: the whole suite on a throwaway PostgreSQL (or on TEST_DATABASE_URL if set)
+test:
+	go test -race -count=1 ./...
+
+## test-yugabyte: the whole suite against the compose file's YugabyteDB (needs Docker)
+test-yugabyte:
+	docker compose up -d --wait --wait-timeout 300 yugabytedb
+	TEST_DATABASE_URL='$(YUGABYTE_URL)' go test -race -count=1 ./...
+
+## run: the server on this machine, against DATABASE_URL (default: localhost:5433)
+run:
+	go run ./cmd/server
+
+## docker: the image, as docker-compose.yml builds it
+docker:
+	docker build -t testsapi .
+
+## compose-up: one YugabyteDB node and the API on :8080
+compose-up:
+	docker compose up --build
+
+## compose-cluster-up: three YugabyteDB nodes (RF3) and the API on :8080
+compose-cluster-up:
+	docker compose -f docker-compose.cluster.yml up --build
+
+## compose-down: stop either setup (their data volumes stay; add -v to drop them)
+compose-down:
+	docker compose down
+	docker compose -f docker-compose.cluster.yml down
+
+## lint: gofmt, go vet and the OpenAPI linter, as in .ci/run
+lint:
+	@unformatted=$$(gofmt -l .); \
+	if [ -n "$$unformatted" ]; then echo "these files need gofmt -w:" >&2; echo "$$unformatted" >&2; exit 1; fi
+	go vet ./...
+	npx --yes @redocly/cli@2.77.0 lint openapi.yaml
