@@ -26,6 +26,7 @@ type config struct {
 	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"20s"`
 	MaxBodyBytes      int64         `envconfig:"MAX_BODY_BYTES" default:"4194304"`
 	MaxBatch          int           `envconfig:"MAX_BATCH" default:"10000"`
+	MaxExports        int           `envconfig:"MAX_EXPORTS" default:"4"`
 	LogLevel          slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
 }
 
@@ -52,6 +53,7 @@ func loadConfig() (config, error) {
 		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout > 0},
 		{"MAX_BODY_BYTES", c.MaxBodyBytes >= 1},
 		{"MAX_BATCH", c.MaxBatch >= 1},
+		{"MAX_EXPORTS", c.MaxExports >= 1 && c.MaxExports < int(c.DBMaxConns)},
 	}
 	for _, ch := range checks {
 		if !ch.ok {

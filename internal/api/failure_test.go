@@ -176,3 +176,63 @@ WHERE c.relname = 'test' AND c.relnamespace = current_schema()::regnamespace AND
 		t.Fatalf("timed-out create stored %q", names)
 	}
 }
+
+// blockingStore's Stream sends nothing until its context ends, like a
+// database that accepted the query and then stalled.
+type blockingStore struct {
+	failingStore
+	entered chan struct{}
+}
+
+func (b blockingStore) Stream(ctx context.Context, _ int64, _ int, _ func(store.Test) error) error {
+	b.entered <- struct{}{}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestExportStalledDatabase: an export waits for its first row no longer
+// than the request timeout, then answers 503 like any other request.
+func TestExportStalledDatabase(t *testing.T) {
+	t.Parallel()
+	lim := testLimits
+	lim.RequestTimeout = 300 * time.Millisecond
+	h := api.NewHandler(slog.New(slog.DiscardHandler), blockingStore{entered: make(chan struct{}, 10)}, lim)
+	start := time.Now()
+	res := do(t, h, "GET", "/tests", "", "Accept", "application/x-ndjson")
+	problemOf(t, res, http.StatusServiceUnavailable)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("stalled export answered after %s", d)
+	}
+}
+
+// TestExportCap: exports beyond MaxExports get a 503 at once instead of
+// taking more database connections.
+func TestExportCap(t *testing.T) {
+	t.Parallel()
+	lim := testLimits
+	lim.RequestTimeout = 2 * time.Second
+	st := blockingStore{entered: make(chan struct{}, 10)}
+	h := api.NewHandler(slog.New(slog.DiscardHandler), st, lim)
+	done := make(chan int, lim.MaxExports)
+	for range lim.MaxExports {
+		go func() {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest("GET", "/tests", nil)
+			req.Header.Set("Accept", "text/csv")
+			h.ServeHTTP(rec, req)
+			done <- rec.Code
+		}()
+	}
+	for range lim.MaxExports {
+		<-st.entered
+	}
+	p := problemOf(t, do(t, h, "GET", "/tests", "", "Accept", "text/csv"), http.StatusServiceUnavailable)
+	if !strings.Contains(p.Detail, "exports") {
+		t.Fatalf("detail %q", p.Detail)
+	}
+	// JSON pages are not exports and are not capped.
+	do(t, h, "GET", "/tests", "") // answered (500 from failingStore), not refused by the cap
+	for range lim.MaxExports {
+		<-done
+	}
+}

@@ -31,6 +31,7 @@ var testLimits = api.Limits{
 	MaxBatch:       5,
 	RequestTimeout: 5 * time.Second,
 	WriteTimeout:   5 * time.Second,
+	MaxExports:     2,
 }
 
 // env is one test's service: the real router over the real store on its
@@ -242,6 +243,7 @@ var bigBody = api.Limits{
 	MaxBatch:       testLimits.MaxBatch,
 	RequestTimeout: testLimits.RequestTimeout,
 	WriteTimeout:   testLimits.WriteTimeout,
+	MaxExports:     testLimits.MaxExports,
 }
 
 func dbtestSchema(t *testing.T) string { t.Helper(); return dbtest.NewSchema(t) }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -34,7 +35,10 @@ func handleReadyz(log *slog.Logger, st testStore) http.Handler {
 		defer cancel()
 		if err := st.Ping(ctx); err != nil {
 			// Whatever the cause, the answer to "ready?" is no.
-			respond(log, w, r, fmt.Errorf("%w: %w", store.ErrUnavailable, err))
+			if !errors.Is(err, store.ErrUnavailable) {
+				err = fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+			}
+			respond(log, w, r, err)
 			return
 		}
 		encode(w, http.StatusOK, "application/json", status{"ok"})

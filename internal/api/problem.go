@@ -69,7 +69,6 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 		log.LogAttrs(r.Context(), slog.LevelWarn, "database unavailable",
 			slog.String("request_id", middleware.GetReqID(r.Context())),
 			slog.String("error", err.Error()))
-		w.Header().Set("Retry-After", retryAfter)
 		writeProblem(w, http.StatusServiceUnavailable,
 			"The database is unavailable or too slow right now; retry shortly.", nil)
 	case errors.Is(err, context.Canceled):
@@ -89,6 +88,9 @@ func logError(log *slog.Logger, r *http.Request, status int, err error) {
 }
 
 func writeProblem(w http.ResponseWriter, status int, detail string, errs []fieldError) {
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", retryAfter)
+	}
 	title := http.StatusText(status)
 	if title == "" {
 		title = "Client Closed Request"

@@ -33,13 +33,16 @@ type Limits struct {
 	MaxBatch       int           // most items in one POST array; more is 422
 	RequestTimeout time.Duration // longest a non-streaming request may take; then 503
 	WriteTimeout   time.Duration // longest a streaming export may go without writing
+	MaxExports     int           // most NDJSON/CSV exports at once; more is 503
 }
 
 // NewHandler returns the service's HTTP handler: every route and its
 // middleware, in the order openapi.yaml lists them.
 func NewHandler(log *slog.Logger, st testStore, lim Limits) http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, secureHeaders, accessLog(log), recoverer(log))
+	// GetHead answers HEAD with the GET handler (net/http drops the body),
+	// as RFC 9110 expects of every GET resource.
+	r.Use(middleware.RequestID, secureHeaders, accessLog(log), recoverer(log), middleware.GetHead)
 
 	r.With(timeout(lim.RequestTimeout)).Post("/tests", handleTestsCreate(log, st, lim).ServeHTTP)
 	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
@@ -65,6 +68,9 @@ func allowed(routes chi.Routes, path string) string {
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		if routes.Match(chi.NewRouteContext(), m, path) {
 			ms = append(ms, m)
+			if m == http.MethodGet {
+				ms = append(ms, http.MethodHead)
+			}
 		}
 	}
 	return strings.Join(ms, ", ")

@@ -3,13 +3,15 @@ package api
 import (
 	"bufio"
 	"context"
-	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -87,7 +89,10 @@ func handleTestsGet(log *slog.Logger, st testStore) http.Handler {
 // keyset page; NDJSON and CSV stream every row from after on (or limit rows
 // when limit is given) as they come from the database.
 func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
+	exports := make(chan struct{}, lim.MaxExports)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The answer depends on Accept: caches must key on it.
+		w.Header().Set("Vary", "Accept")
 		media := negotiate(r.Header.Get("Accept"), mediaJSON, mediaNDJSON, mediaCSV)
 		if media == "" {
 			respond(log, w, r, &requestError{
@@ -96,14 +101,32 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 			})
 			return
 		}
-		q := r.URL.Query()
+		// Unlike URL.Query, ParseQuery reports what it cannot parse, and a
+		// repeated parameter is ambiguous: both are 400s, not ignored.
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil || len(q["after"]) > 1 || len(q["limit"]) > 1 {
+			respond(log, w, r, badRequest("The query string is malformed or repeats after or limit."))
+			return
+		}
 		after, limit, err := parsePage(q.Get("after"), q.Has("after"), q.Get("limit"), q.Has("limit"))
 		if err != nil {
 			respond(log, w, r, err)
 			return
 		}
 		if media != mediaJSON {
-			stream(log, w, r, st, media, after, limit, lim.WriteTimeout)
+			// Each export holds a database connection for as long as the
+			// client reads: cap them so slow readers cannot take the pool.
+			select {
+			case exports <- struct{}{}:
+				defer func() { <-exports }()
+			default:
+				respond(log, w, r, &requestError{
+					status: http.StatusServiceUnavailable,
+					detail: "Too many exports are running; retry shortly.",
+				})
+				return
+			}
+			stream(log, w, r, st, media, after, limit, lim)
 			return
 		}
 		if limit == 0 {
@@ -163,74 +186,99 @@ func parseUint(s string) (int64, error) {
 const streamFlushBytes = 32 << 10
 
 // stream writes rows as NDJSON or CSV while they are read, holding one row
-// and one buffer at a time. Once the status is sent an error can no longer
-// be reported as a problem: the connection is then aborted, so the client
-// sees a truncated response instead of a short one that looks complete.
-func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testStore, media string, after int64, limit int, writeTimeout time.Duration) {
+// and one buffer at a time. Until the first row arrives the export is
+// bounded by the request timeout, like any request; after that only a
+// stalled client (the write timeout) ends it. Once the status is sent an
+// error can no longer be reported as a problem: the connection is then
+// aborted, so the client sees a truncated response instead of a short one
+// that looks complete.
+func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testStore, media string, after int64, limit int, lim Limits) {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	firstRow := time.AfterFunc(lim.RequestTimeout, cancel)
+	defer firstRow.Stop()
+
 	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, streamFlushBytes)
-	var cw *csv.Writer
-	if media == mediaCSV {
-		cw = csv.NewWriter(bw)
-		cw.UseCRLF = true // RFC 4180
-	}
+	var line []byte
 	started := false
-	start := func() {
+	start := func() bool {
 		started = true
-		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if !firstRow.Stop() {
+			return false // the timeout fired first: ctx is cancelled
+		}
+		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
+		w.Header().Set("Content-Type", media+"; charset=utf-8")
 		if media == mediaCSV {
 			w.Header().Set("Content-Type", "text/csv; charset=utf-8; header=present")
-			_ = cw.Write([]string{"id", "name"})
-		} else {
-			w.Header().Set("Content-Type", media+"; charset=utf-8")
+			_, _ = bw.WriteString("id,name\r\n")
 		}
 		w.WriteHeader(http.StatusOK)
+		return true
 	}
-	var line []byte
-	err := st.Stream(r.Context(), after, limit, func(t store.Test) error {
-		if !started {
-			start()
+	err := st.Stream(ctx, after, limit, func(t store.Test) error {
+		if !started && !start() {
+			return context.DeadlineExceeded
 		}
-		if cw != nil {
-			// encoding/csv quotes per RFC 4180; flushing it only moves the
-			// row into bw, which decides when bytes go out.
-			_ = cw.Write([]string{strconv.Itoa(int(t.ID)), t.Name})
-			cw.Flush()
-			if err := cw.Error(); err != nil {
-				return err
-			}
+		if media == mediaCSV {
+			line = appendCSV(line[:0], t)
 		} else {
-			var err error
-			if line, err = json.Marshal(t); err != nil {
-				return err
-			}
-			if _, err := bw.Write(append(line, '\n')); err != nil {
-				return err
-			}
+			line = appendNDJSON(line[:0], t)
+		}
+		if _, err := bw.Write(line); err != nil {
+			return err
 		}
 		if bw.Buffered() >= streamFlushBytes/2 {
 			// Each flush renews the write deadline: a long export is fine,
 			// a client that stops reading is not.
-			_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+			_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 			return bw.Flush()
 		}
 		return nil
 	})
-	if err != nil && !started {
-		respond(log, w, r, err)
-		return
-	}
 	if !started {
-		start() // an empty table: just the CSV header or nothing
-	}
-	if cw != nil {
-		cw.Flush()
+		if err != nil {
+			if ctx.Err() != nil && r.Context().Err() == nil {
+				err = fmt.Errorf("no first row within the request timeout: %w", context.DeadlineExceeded)
+			}
+			respond(log, w, r, err)
+			return
+		}
+		start() // an empty result: just the CSV header or nothing
 	}
 	if err == nil {
 		err = bw.Flush()
 	}
 	if err != nil {
-		logError(log, r, http.StatusOK, err)
+		if r.Context().Err() == nil {
+			logError(log, r, http.StatusOK, err)
+		}
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// appendNDJSON appends t as one line of JSON.
+func appendNDJSON(b []byte, t store.Test) []byte {
+	name, _ := json.Marshal(t.Name) // a string always marshals
+	b = append(b, `{"id":`...)
+	b = strconv.AppendInt(b, int64(t.ID), 10)
+	b = append(b, `,"name":`...)
+	b = append(b, name...)
+	return append(b, "}\n"...)
+}
+
+// appendCSV appends t as one RFC 4180 record. The name is quoted when it
+// holds a comma, a quote, CR or LF, with quotes doubled and every other
+// byte kept as stored (encoding/csv would rewrite line breaks inside
+// quoted fields, changing the data).
+func appendCSV(b []byte, t store.Test) []byte {
+	b = strconv.AppendInt(b, int64(t.ID), 10)
+	b = append(b, ',')
+	if !strings.ContainsAny(t.Name, ",\"\r\n") {
+		b = append(b, t.Name...)
+		return append(b, "\r\n"...)
+	}
+	b = append(b, '"')
+	b = append(b, strings.ReplaceAll(t.Name, `"`, `""`)...)
+	return append(b, "\"\r\n"...)
 }

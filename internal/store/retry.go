@@ -46,7 +46,11 @@ func retryable(err error) bool {
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		return pgErr.Code == "40001" || pgErr.Code == "40P01"
+		// 23505 can only be a primary-key collision here (name conflicts
+		// are ON CONFLICT DO NOTHING): a row inserted with an explicit id
+		// ahead of the sequence. The failed insert consumed that sequence
+		// value, so running it again takes the next one.
+		return pgErr.Code == "40001" || pgErr.Code == "40P01" || pgErr.Code == "23505"
 	}
 	return pgconn.SafeToRetry(err)
 }

@@ -87,7 +87,8 @@ func transient(code string) bool {
 	case "40001", // serialization_failure (YugabyteDB also uses it for read restarts)
 		"40P01", // deadlock_detected
 		"57014", // query_canceled (statement_timeout)
-		"55P03": // lock_not_available
+		"55P03", // lock_not_available
+		"25006": // read_only_sql_transaction: reached a standby or a read-only node
 		return true
 	}
 	switch code[:2] {

@@ -144,3 +144,28 @@ func TestDatabaseDown(t *testing.T) {
 		t.Fatalf("after restart: %+v %v, want %+v", got, err, bob)
 	}
 }
+
+// TestCreateAfterExplicitID: a row written by another client with an
+// explicit id ahead of the sequence makes one insert collide on the
+// primary key; the store retries with the next id instead of failing.
+func TestCreateAfterExplicitID(t *testing.T) {
+	t.Parallel()
+	st, pool := mustStore(t, dbtest.NewSchema(t))
+	if _, _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	a, err := st.Create(t.Context(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(t.Context(), `INSERT INTO test (id, name) VALUES ($1, 'explicit')`, a.ID+1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Create(t.Context(), "b")
+	if err != nil || b.ID != a.ID+2 {
+		t.Fatalf("Create after an explicit id: %+v %v, want id %d", b, err, a.ID+2)
+	}
+	if _, err := st.Create(t.Context(), "explicit"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("taken name: %v, want ErrConflict", err)
+	}
+}
