@@ -236,3 +236,41 @@ func TestExportCap(t *testing.T) {
 		<-done
 	}
 }
+
+// slowStore streams rows slowly, like a large table read by a slow client.
+type slowStore struct{ failingStore }
+
+func (slowStore) Stream(ctx context.Context, _ int64, _ int, fn func(store.Test) error) error {
+	for i := range 30 {
+		time.Sleep(50 * time.Millisecond)
+		if err := fn(store.Test{ID: int32(i + 1), Name: strings.Repeat("x", 1000)}); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// TestLongExport: an export may run longer than the server's ReadTimeout
+// and WriteTimeout (here 500 ms against 1.5 s of streaming); only a
+// stalled client ends it.
+func TestLongExport(t *testing.T) {
+	t.Parallel()
+	lim := testLimits
+	lim.WriteTimeout = 500 * time.Millisecond
+	srv := httptest.NewUnstartedServer(api.NewHandler(slog.New(slog.DiscardHandler), slowStore{}, lim))
+	srv.Config.ReadTimeout = 500 * time.Millisecond
+	srv.Config.WriteTimeout = 500 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/tests", nil)
+	req.Header.Set("Accept", "application/x-ndjson")
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || strings.Count(string(body), "\n") != 30 {
+		t.Fatalf("export cut after %d rows: %v", strings.Count(string(body), "\n"), err)
+	}
+}

@@ -200,6 +200,12 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 
 	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, streamFlushBytes)
+	// Bytes reach the connection only here, so each write gets a fresh
+	// deadline: a long export is fine, a client that stops reading is not.
+	flush := func() error {
+		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
+		return bw.Flush()
+	}
 	var line []byte
 	started := false
 	start := func() bool {
@@ -229,10 +235,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 			return err
 		}
 		if bw.Buffered() >= streamFlushBytes/2 {
-			// Each flush renews the write deadline: a long export is fine,
-			// a client that stops reading is not.
-			_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
-			return bw.Flush()
+			return flush()
 		}
 		return nil
 	})
@@ -247,7 +250,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		start() // an empty result: just the CSV header or nothing
 	}
 	if err == nil {
-		err = bw.Flush()
+		err = flush()
 	}
 	if err != nil {
 		if r.Context().Err() == nil {
