@@ -2,7 +2,8 @@
 // dedicated server that a single test can crash and restart for fault tests.
 //
 // The shared database is TEST_DATABASE_URL when set; otherwise one throwaway server per test process, started
-// from the PostgreSQL server binaries found on the machine. Tests never skip: without a database they fail
+// from the PostgreSQL server binaries found on the machine or, on a machine with Docker but no binaries, in a
+// disposable container (TEST_DATABASE_BACKEND=binaries|docker forces one). Tests never skip: without a database they fail
 // and say how to get one, because a skipped database test looks like a passing one.
 package dbtest
 
@@ -37,7 +38,7 @@ const envURL = "TEST_DATABASE_URL"
 
 // howTo ends every "no database" failure so that the reader knows the two ways to fix it.
 const howTo = "set " + envURL + "=postgres://user:password@127.0.0.1:5432/dbname?sslmode=disable, " +
-	"or install the PostgreSQL server binaries (e.g. `apt-get install postgresql`) so the tests can start a throwaway server"
+	"or install the PostgreSQL server binaries (e.g. `apt-get install postgresql`) or Docker, so the tests can start a throwaway server"
 
 // mainCalled records whether the package's TestMain went through Main; without it nothing would stop the
 // shared throwaway server, which would then outlive the test process.
@@ -48,7 +49,7 @@ var shared struct {
 	once sync.Once
 	url  string
 	err  error
-	inst *instance // nil when TEST_DATABASE_URL is used or the start failed
+	inst backend // nil when TEST_DATABASE_URL is used or the start failed
 }
 
 // Main runs the package's tests and then stops the shared throwaway server if one was started. Call it from
@@ -89,7 +90,7 @@ func sharedURL(t testing.TB) string {
 	}
 	shared.once.Do(func() {
 		// The shared server only holds data that dies with the test process, so durability is traded for speed.
-		inst, err := newInstance(false)
+		inst, err := newBackend(false)
 		if err != nil {
 			shared.err = err
 			return
@@ -175,24 +176,22 @@ func exec1(connURL, sql string) error {
 // Server is a dedicated throwaway PostgreSQL instance that a single test owns and can stop and start, for
 // tests of what the code under test does when its database crashes and comes back.
 type Server struct {
-	inst *instance
+	inst backend
 
 	mu      sync.Mutex // serialises Stop, Start and the cleanup, which may come from different goroutines
 	running bool
 }
 
 // NewServer initdb's and starts a dedicated instance on a free 127.0.0.1 port; it is stopped and removed in
-// t.Cleanup. It needs the server binaries even when TEST_DATABASE_URL is set, since it must own the process.
-// Unlike the shared server it keeps fsync on, because fault tests check that acknowledged writes survive.
+// t.Cleanup. It needs the server binaries or Docker even when TEST_DATABASE_URL is set, since it must own the
+// process. Unlike the shared server it keeps fsync on, because fault tests check that acknowledged writes
+// survive.
 func NewServer(t testing.TB) *Server {
 	t.Helper()
-	if BinDir() == "" {
-		t.Fatalf("dbtest: NewServer needs the PostgreSQL server binaries (initdb, pg_ctl, postgres), "+
-			"even when %s is set; install them, e.g. `apt-get install postgresql`", envURL)
-	}
-	inst, err := newInstance(true)
+	inst, err := newBackend(true)
 	if err != nil {
-		t.Fatalf("dbtest: NewServer: %v", err)
+		t.Fatalf("dbtest: NewServer: %v\nTo fix: install the PostgreSQL server binaries (e.g. `apt-get install "+
+			"postgresql`) or Docker; NewServer needs one of them even when %s is set", err, envURL)
 	}
 	s := &Server{inst: inst, running: true}
 	t.Cleanup(func() {
@@ -220,7 +219,7 @@ func (s *Server) Stop(t testing.TB) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.running {
-		t.Fatalf("dbtest: Stop: server on port %d is not running", s.inst.port)
+		t.Fatalf("dbtest: Stop: %s is not running", s.inst)
 	}
 	if err := s.inst.stop("immediate"); err != nil {
 		t.Fatalf("dbtest: Stop: %v", err)
@@ -235,7 +234,7 @@ func (s *Server) Start(t testing.TB) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.running {
-		t.Fatalf("dbtest: Start: server on port %d is already running", s.inst.port)
+		t.Fatalf("dbtest: Start: %s is already running", s.inst)
 	}
 	if err := s.inst.start(); err != nil {
 		t.Fatalf("dbtest: Start: %v", err)
@@ -401,15 +400,20 @@ func (in *instance) start() error {
 
 // waitReady returns once a client can connect, which pg_ctl -w does not promise after crash recovery.
 func (in *instance) waitReady(timeout time.Duration) error {
+	return waitForConnection(in, timeout, func() string { return tail(in.log, 30) })
+}
+
+// waitForConnection polls b with a query until it answers or timeout passes; the error then ends with the
+// last lines of the server's log.
+func waitForConnection(b backend, timeout time.Duration, logTail func() string) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		err := exec1(in.url(), "SELECT 1")
+		err := exec1(b.url(), "SELECT 1")
 		if err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("server on port %d does not accept connections: %w\nserver log, last lines:\n%s",
-				in.port, err, tail(in.log, 30))
+			return fmt.Errorf("%s does not accept connections: %w\nserver log, last lines:\n%s", b, err, logTail())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -436,6 +440,8 @@ func (in *instance) destroy(mode string) error {
 	}
 	return err
 }
+
+func (in *instance) String() string { return fmt.Sprintf("server on port %d", in.port) }
 
 func (in *instance) url() string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", in.port)

@@ -2,6 +2,9 @@ package dbtest_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,9 +115,57 @@ func TestNewSchema(t *testing.T) {
 
 func TestNewServer(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	srv := dbtest.NewServer(t)
+	checkCrashAndRestart(t, dbtest.NewServer(t))
+}
 
+// TestNewServerInContainer runs NewServer's container backend, which machines with Docker but no PostgreSQL
+// binaries use, against testdata/fakedocker/docker: a docker CLI stand-in that runs the local binaries. It
+// checks what dbtest asks of docker and that the server behaves like the binaries' one.
+func TestNewServerInContainer(t *testing.T) {
+	state, err := os.MkdirTemp("", "fakedocker-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	if err := os.Chmod(state, 0o755); err != nil { // the fake runs the server as postgres when we are root
+		t.Fatal(err)
+	}
+	fake, err := filepath.Abs("testdata/fakedocker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", fake+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("FAKE_DOCKER_STATE", state)
+	t.Setenv("FAKE_DOCKER_PGBIN", dbtest.BinDir())
+	t.Setenv("TEST_DATABASE_BACKEND", "docker")
+
+	srv := dbtest.NewServer(t)
+	checkCrashAndRestart(t, srv)
+
+	calls, err := os.ReadFile(filepath.Join(state, "calls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strings.TrimSuffix(strings.TrimPrefix(srv.URL(), "postgres://postgres@127.0.0.1:"), "/postgres?sslmode=disable")
+	wants := []string{
+		"run --detach --name dbtest-",
+		" --publish 127.0.0.1:" + port + ":5432 --env POSTGRES_HOST_AUTH_METHOD=trust postgres:15-bookworm -c max_connections=300\n",
+		"kill --signal SIGQUIT dbtest-",
+		"wait dbtest-",
+		"start dbtest-",
+	}
+	for _, w := range wants {
+		if !strings.Contains(string(calls), w) {
+			t.Errorf("docker calls lack %q; calls:\n%s", w, calls)
+		}
+	}
+}
+
+// checkCrashAndRestart writes a row, crashes the server, checks it refuses connections, starts it again and
+// reads the row back.
+func checkCrashAndRestart(t *testing.T, srv *dbtest.Server) {
+	t.Helper()
+	ctx := context.Background()
 	conn := mustConnect(t, srv.URL())
 	if _, err := conn.Exec(ctx, "CREATE TABLE widgets (name text)"); err != nil {
 		t.Fatal(err)
