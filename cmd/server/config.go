@@ -17,6 +17,7 @@ type config struct {
 	DBMinConns        int32         `envconfig:"DB_MIN_CONNS" default:"0"`
 	DBMaxConnLifetime time.Duration `envconfig:"DB_MAX_CONN_LIFETIME" default:"30m"`
 	DBConnectTimeout  time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"5s"`
+	DBAcquireTimeout  time.Duration `envconfig:"DB_ACQUIRE_TIMEOUT" default:"2s"`
 	StartupTimeout    time.Duration `envconfig:"STARTUP_TIMEOUT" default:"60s"`
 	RequestTimeout    time.Duration `envconfig:"REQUEST_TIMEOUT" default:"10s"`
 	ReadHeaderTimeout time.Duration `envconfig:"READ_HEADER_TIMEOUT" default:"5s"`
@@ -44,6 +45,7 @@ func loadConfig() (config, error) {
 		{"DB_MIN_CONNS", c.DBMinConns >= 0 && c.DBMinConns <= c.DBMaxConns},
 		{"DB_MAX_CONN_LIFETIME", c.DBMaxConnLifetime > 0},
 		{"DB_CONNECT_TIMEOUT", c.DBConnectTimeout > 0},
+		{"DB_ACQUIRE_TIMEOUT", c.DBAcquireTimeout > 0},
 		{"STARTUP_TIMEOUT", c.StartupTimeout > 0},
 		{"REQUEST_TIMEOUT", c.RequestTimeout > 0},
 		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout > 0},

@@ -26,6 +26,7 @@ func TestBadConfig(t *testing.T) {
 		{name: "MaxConnsNotNumber", env: "DB_MAX_CONNS=abc", naming: "DB_MAX_CONNS"},
 		{name: "MaxConnsZero", env: "DB_MAX_CONNS=0", naming: "DB_MAX_CONNS"},
 		{name: "RequestTimeoutNotDuration", env: "REQUEST_TIMEOUT=soon", naming: "REQUEST_TIMEOUT"},
+		{name: "AcquireTimeoutZero", env: "DB_ACQUIRE_TIMEOUT=0s", naming: "DB_ACQUIRE_TIMEOUT"},
 		{name: "MaxBodyBytesNegative", env: "MAX_BODY_BYTES=-1", naming: "MAX_BODY_BYTES"},
 		{name: "LogLevelUnknown", env: "LOG_LEVEL=loud", naming: "LOG_LEVEL"},
 		{name: "DatabaseURLMalformed", env: "DATABASE_URL=://bad", naming: "DATABASE_URL"},
