@@ -42,7 +42,7 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits) http.Handler {
 	r := chi.NewRouter()
 	// GetHead answers HEAD with the GET handler (net/http drops the body),
 	// as RFC 9110 expects of every GET resource.
-	r.Use(middleware.RequestID, secureHeaders, accessLog(log), recoverer(log), middleware.GetHead)
+	r.Use(requestID, secureHeaders, accessLog(log), recoverer(log), middleware.GetHead)
 
 	r.With(timeout(lim.RequestTimeout)).Post("/tests", handleTestsCreate(log, st, lim).ServeHTTP)
 	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
