@@ -84,8 +84,8 @@ func TestDatabaseRestart(t *testing.T) {
 func TestDatabaseCrashUnderLoad(t *testing.T) {
 	t.Parallel()
 	const (
-		workers      = 8
-		downFor      = 2 * time.Second
+		workers       = 8
+		downFor       = 2 * time.Second
 		recoverWithin = 5 * time.Second
 	)
 	db := dbtest.NewServer(t)
