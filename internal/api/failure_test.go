@@ -32,6 +32,9 @@ func (f failingStore) Create(context.Context, string) (store.Test, error) {
 func (f failingStore) CreateMany(context.Context, []string) ([]store.Test, error) {
 	return nil, f.fail()
 }
+func (f failingStore) CreateOnce(context.Context, store.KeyedCreate, func([]store.Test, error) store.Response) (store.Response, error) {
+	return store.Response{}, f.fail()
+}
 func (f failingStore) Get(context.Context, int64) (store.Test, error) { return store.Test{}, f.fail() }
 func (f failingStore) List(context.Context, int64, int) ([]store.Test, error) {
 	return nil, f.fail()
@@ -130,14 +133,7 @@ func TestRequestTimeout(t *testing.T) {
 	lim := testLimits
 	lim.RequestTimeout = 500 * time.Millisecond
 	e := mustEnvURL(t, dbtestSchema(t), lim)
-	tx, err := e.pool.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(t.Context(), "LOCK TABLE test IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	tx := lockTable(t, e.pool)
 	start := time.Now()
 	for _, rq := range []struct{ method, path, body string }{
 		{"POST", "/tests", `{"name": "slow"}`},

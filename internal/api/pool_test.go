@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -53,14 +52,7 @@ func TestPoolExhausted(t *testing.T) {
 	h := api.NewHandler(slog.New(slog.DiscardHandler), st, lim)
 
 	locker := mustPool(t, url)
-	tx, err := locker.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(t.Context(), "LOCK TABLE test IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	tx := lockTable(t, locker)
 
 	baseline := runtime.NumGoroutine()
 	type result struct {
