@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -321,16 +320,11 @@ func TestIdempotencyKeyInvalid(t *testing.T) {
 		"Twice":    {"a", "b"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			req := httptest.NewRequest("POST", "/tests", strings.NewReader(`{"name": "Bob"}`))
-			req.Header.Set("Content-Type", "application/json")
+			req := newRequest("POST", "/tests", `{"name": "Bob"}`)
 			for _, k := range keys {
 				req.Header.Add("Idempotency-Key", k)
 			}
-			rec := httptest.NewRecorder()
-			e.h.ServeHTTP(rec, req)
-			res := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
-			checkSpec(t, req, res)
-			p := problemOf(t, res, http.StatusBadRequest)
+			p := problemOf(t, serve(t, e.h, req), http.StatusBadRequest)
 			if !strings.Contains(p.Detail, "Idempotency-Key") {
 				t.Fatalf("detail %q", p.Detail)
 			}
