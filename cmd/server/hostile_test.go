@@ -91,44 +91,10 @@ func TestTrickledHeaders(t *testing.T) {
 		giveUp    = 30 * time.Second // far beyond the default 5 s
 	)
 	p := startServer(t, "DATABASE_URL="+dbtest.NewSchema(t))
-	type cut struct {
-		after time.Duration
-		sent  int
-		err   error
-	}
-	cuts := make(chan cut, tricklers)
+	cuts := make(chan trickled, tricklers)
 	for range tricklers {
 		c := dial(t, p, giveUp)
-		go func() {
-			start := time.Now()
-			var sent atomic.Int64
-			closed := make(chan error, 1)
-			go func() {
-				// The server sends nothing before cutting the connection
-				// (or, at most, a 408): the read ends when it does.
-				_, err := io.ReadAll(c)
-				closed <- err
-			}()
-			head := "GET /tests HTTP/1.1\r\nHost: x\r\nX-Slow: "
-			for i := 0; ; i++ {
-				b := []byte{'a'}
-				if i < len(head) {
-					b = []byte{head[i]}
-				}
-				if _, err := c.Write(b); err != nil {
-					break // the server has closed its end
-				}
-				sent.Add(1)
-				select {
-				case err := <-closed:
-					cuts <- cut{time.Since(start), int(sent.Load()), err}
-					return
-				case <-time.After(every):
-				}
-			}
-			err := <-closed
-			cuts <- cut{time.Since(start), int(sent.Load()), err}
-		}()
+		go func() { cuts <- trickle(c, every) }()
 	}
 	// Meanwhile the server serves other clients.
 	time.Sleep(time.Second)
@@ -138,13 +104,59 @@ func TestTrickledHeaders(t *testing.T) {
 	var slowest time.Duration
 	for range tricklers {
 		c := <-cuts
-		var ne net.Error
-		if errors.As(c.err, &ne) && ne.Timeout() {
-			t.Fatalf("a trickling client was still connected after %s (%d bytes sent)", giveUp, c.sent)
-		}
+		c.check(t, giveUp)
 		slowest = max(slowest, c.after)
 	}
 	t.Logf("%d trickling clients cut off, the last after %s", tricklers, slowest.Round(time.Millisecond))
+}
+
+// trickled is how a trickling client ended.
+type trickled struct {
+	after time.Duration // from its first byte
+	sent  int           // bytes it got to send
+	err   error         // how its read ended: nil (EOF) or a reset when the server cut it
+}
+
+// check fails if it was not the server that ended the connection: the
+// client's own deadline (giveUp) ran out first.
+func (c trickled) check(t *testing.T, giveUp time.Duration) {
+	t.Helper()
+	var ne net.Error
+	if errors.As(c.err, &ne) && ne.Timeout() {
+		t.Errorf("a trickling client was still connected after %s (%d bytes sent)", giveUp, c.sent)
+	}
+}
+
+// trickle sends request headers on c one byte every interval, never
+// finishing them, until the server closes the connection (or c's deadline
+// passes), and says when and how it ended.
+func trickle(c net.Conn, every time.Duration) trickled {
+	start := time.Now()
+	sent := 0
+	closed := make(chan error, 1)
+	go func() {
+		// The server sends nothing before cutting the connection (or, at
+		// most, a 408): the read ends when it does.
+		_, err := io.ReadAll(c)
+		closed <- err
+	}()
+	head := "GET /tests HTTP/1.1\r\nHost: x\r\nX-Slow: "
+	for i := 0; ; i++ {
+		b := []byte{'a'}
+		if i < len(head) {
+			b = []byte{head[i]}
+		}
+		if _, err := c.Write(b); err != nil {
+			break // the server has closed its end
+		}
+		sent++
+		select {
+		case err := <-closed:
+			return trickled{time.Since(start), sent, err}
+		case <-time.After(every):
+		}
+	}
+	return trickled{time.Since(start), sent, <-closed}
 }
 
 // TestHugeBody: a body over MAX_BODY_BYTES is refused with a 413 without
