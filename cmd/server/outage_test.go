@@ -29,6 +29,7 @@ func TestDatabaseRestart(t *testing.T) {
 	db.Stop(t)
 	// Several rounds: the first meets the pool's connections dying, the
 	// later ones find nothing to connect to.
+	var slowest time.Duration
 	for round := range 5 {
 		for _, req := range []struct{ method, path, body string }{
 			{http.MethodPost, "/tests", nameBody(fmt.Sprintf("during-crash-%d", round))},
@@ -38,9 +39,11 @@ func TestDatabaseRestart(t *testing.T) {
 			what := fmt.Sprintf("round %d: %s %s with the database down", round, req.method, req.path)
 			began := time.Now()
 			r := p.mustDo(t, req.method, req.path, req.body)
-			if took := time.Since(began); took > requestTimeout+2*time.Second {
+			took := time.Since(began)
+			if took > requestTimeout+2*time.Second {
 				t.Errorf("%s: took %s, REQUEST_TIMEOUT is %s", what, took, requestTimeout)
 			}
+			slowest = max(slowest, took)
 			checkUnavailable(t, what, r)
 		}
 	}
@@ -66,6 +69,8 @@ func TestDatabaseRestart(t *testing.T) {
 		t.Fatalf("server exited: %s", p.cmd.ProcessState)
 	}
 
+	t.Logf("15 requests with the database down: 503 each, the slowest in %s; first 201 %s after the restart",
+		slowest.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
 	rows := mustRows(t, db.URL())
 	for name, id := range before {
 		if got, ok := rows[name]; !ok {
