@@ -48,7 +48,7 @@ func checkNoLeak(t *testing.T, what string, r reply) {
 	if s := r.header.Get("Server"); s != "" {
 		t.Errorf("%s: Server header %q", what, s)
 	}
-	for _, leak := range []string{"SQLSTATE", "pgx", "postgres", "goroutine", "panic", "runtime.", ".go:", "dial tcp"} {
+	for _, leak := range []string{"SQLSTATE", "SELECT", "INSERT", "pgx", "postgres", "goroutine", "panic", "runtime.", ".go:", "dial tcp", "127.0.0.1"} {
 		if strings.Contains(string(r.body), leak) {
 			t.Errorf("%s: body leaks %q: %.300s", what, leak, r.body)
 		}

@@ -71,14 +71,7 @@ func TestDatabaseRestart(t *testing.T) {
 
 	t.Logf("15 requests with the database down: 503 each, the slowest in %s; first 201 %s after the restart",
 		slowest.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
-	rows := mustRows(t, db.URL())
-	for name, id := range before {
-		if got, ok := rows[name]; !ok {
-			t.Errorf("%q was acknowledged with id %d before the crash but is not in the table", name, id)
-		} else if got != id {
-			t.Errorf("%q was acknowledged with id %d before the crash but has id %d", name, id, got)
-		}
-	}
+	checkAcknowledged(t, db.URL(), before)
 }
 
 // TestDatabaseCrashUnderLoad crashes the database (an immediate stop, no
@@ -102,41 +95,27 @@ func TestDatabaseCrashUnderLoad(t *testing.T) {
 		unavailable int
 		lastCreated time.Time
 	)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				name := fmt.Sprintf("load-%d-%d", w, i)
-				r, err := p.do(context.Background(), http.MethodPost, "/tests", nameBody(name))
-				if err != nil {
-					t.Errorf("POST %q: no complete response: %v", name, err)
-					return
-				}
-				mu.Lock()
-				switch r.status {
-				case http.StatusCreated:
-					created[name] = decodeTest(t, r).ID
-					lastCreated = time.Now()
-				default:
-					checkUnavailable(t, "POST "+name, r)
-					unavailable++
-				}
-				mu.Unlock()
-				if r.status != http.StatusCreated {
-					time.Sleep(50 * time.Millisecond) // a client backing off
-				}
-			}
-		})
-	}
-	var stopOnce sync.Once
-	stopLoad := func() { stopOnce.Do(func() { close(stop); wg.Wait() }) }
-	t.Cleanup(stopLoad)
+	stopLoad := startLoad(t, workers, func(name string) bool {
+		r, err := p.do(context.Background(), http.MethodPost, "/tests", nameBody(name))
+		if err != nil {
+			t.Errorf("POST %q: no complete response: %v", name, err)
+			return false
+		}
+		mu.Lock()
+		switch r.status {
+		case http.StatusCreated:
+			created[name] = decodeTest(t, r).ID
+			lastCreated = time.Now()
+		default:
+			checkUnavailable(t, "POST "+name, r)
+			unavailable++
+		}
+		mu.Unlock()
+		if r.status != http.StatusCreated {
+			time.Sleep(50 * time.Millisecond) // a client backing off
+		}
+		return true
+	})
 	count := func() (int, int, time.Time) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -158,15 +137,8 @@ func TestDatabaseCrashUnderLoad(t *testing.T) {
 		t.Fatalf("server exited: %s", p.cmd.ProcessState)
 	}
 
-	rows := mustRows(t, db.URL())
+	rows := checkAcknowledged(t, db.URL(), created)
 	n, u, _ := count()
-	for name, id := range created {
-		if got, ok := rows[name]; !ok {
-			t.Errorf("%q was acknowledged with id %d but is not in the table", name, id)
-		} else if got != id {
-			t.Errorf("%q was acknowledged with id %d but has id %d", name, id, got)
-		}
-	}
 	t.Logf("%d rows acknowledged (%d in the table), %d answers 503; down %s, writes back %s after the restart",
 		n, len(rows), u, restartedAt.Sub(crashedAt).Round(time.Millisecond), firstAfter.Sub(restartedAt).Round(time.Millisecond))
 }
