@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
@@ -17,6 +21,7 @@ type config struct {
 	DBMinConns        int32         `envconfig:"DB_MIN_CONNS" default:"0"`
 	DBMaxConnLifetime time.Duration `envconfig:"DB_MAX_CONN_LIFETIME" default:"30m"`
 	DBConnectTimeout  time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"5s"`
+	DBAcquireTimeout  time.Duration `envconfig:"DB_ACQUIRE_TIMEOUT" default:"2s"`
 	StartupTimeout    time.Duration `envconfig:"STARTUP_TIMEOUT" default:"60s"`
 	RequestTimeout    time.Duration `envconfig:"REQUEST_TIMEOUT" default:"10s"`
 	ReadHeaderTimeout time.Duration `envconfig:"READ_HEADER_TIMEOUT" default:"5s"`
@@ -28,12 +33,17 @@ type config struct {
 	MaxBatch          int           `envconfig:"MAX_BATCH" default:"10000"`
 	MaxExports        int           `envconfig:"MAX_EXPORTS" default:"4"`
 	LogLevel          slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
+	IdempotencyTTL    time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
+	// APIToken is read from API_TOKEN or the file API_TOKEN_FILE names;
+	// envconfig does not read it, so that its value is never in an error.
+	APIToken string `ignored:"true"`
 }
 
 // loadConfig reads the environment. Every error names the variable at fault.
 func loadConfig() (config, error) {
 	var c config
-	if err := envconfig.Process("", &c); err != nil {
+	err := envconfig.Process("", &c)
+	if err != nil {
 		return c, err
 	}
 	checks := []struct {
@@ -44,6 +54,7 @@ func loadConfig() (config, error) {
 		{"DB_MIN_CONNS", c.DBMinConns >= 0 && c.DBMinConns <= c.DBMaxConns},
 		{"DB_MAX_CONN_LIFETIME", c.DBMaxConnLifetime > 0},
 		{"DB_CONNECT_TIMEOUT", c.DBConnectTimeout > 0},
+		{"DB_ACQUIRE_TIMEOUT", c.DBAcquireTimeout > 0},
 		{"STARTUP_TIMEOUT", c.StartupTimeout > 0},
 		{"REQUEST_TIMEOUT", c.RequestTimeout > 0},
 		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout > 0},
@@ -54,11 +65,46 @@ func loadConfig() (config, error) {
 		{"MAX_BODY_BYTES", c.MaxBodyBytes >= 1},
 		{"MAX_BATCH", c.MaxBatch >= 1},
 		{"MAX_EXPORTS", c.MaxExports >= 1 && c.MaxExports < int(c.DBMaxConns)},
+		{"IDEMPOTENCY_TTL", c.IdempotencyTTL >= c.RequestTimeout},
 	}
 	for _, ch := range checks {
 		if !ch.ok {
 			return c, fmt.Errorf("%s: value out of range (see the README's configuration table)", ch.name)
 		}
 	}
-	return c, nil
+	c.APIToken, err = apiToken()
+	return c, err
 }
+
+// apiToken returns the token POST requires: API_TOKEN's value, or the
+// content of the file API_TOKEN_FILE names with its trailing newline
+// trimmed (a Docker or Kubernetes secret); "" when neither is set. No error
+// shows the token.
+func apiToken() (string, error) {
+	token, inEnv := os.LookupEnv("API_TOKEN")
+	file, inFile := os.LookupEnv("API_TOKEN_FILE")
+	name := "API_TOKEN"
+	switch {
+	case inEnv && inFile:
+		return "", errors.New("API_TOKEN and API_TOKEN_FILE are both set; set one of them")
+	case inFile:
+		name = "API_TOKEN_FILE"
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("API_TOKEN_FILE: %w", err)
+		}
+		token = strings.TrimRight(string(b), "\r\n")
+	case !inEnv:
+		return "", nil
+	}
+	if token == "" {
+		return "", fmt.Errorf("%s: the token is empty", name)
+	}
+	if !b64token.MatchString(token) {
+		return "", fmt.Errorf("%s: the token must be letters, digits and -._~+/ (then = padding), as a Bearer token is", name)
+	}
+	return token, nil
+}
+
+// b64token is RFC 6750's syntax for a Bearer token.
+var b64token = regexp.MustCompile(`^[A-Za-z0-9._~+/-]+=*$`)

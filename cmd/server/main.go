@@ -62,6 +62,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	poolCfg.MaxConnLifetime = cfg.DBMaxConnLifetime
 	poolCfg.MaxConnLifetimeJitter = cfg.DBMaxConnLifetime / 10
 	poolCfg.ConnConfig.ConnectTimeout = cfg.DBConnectTimeout
+	store.LimitAcquire(poolCfg, cfg.DBAcquireTimeout)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return fmt.Errorf("database pool: %w", err)
@@ -80,7 +81,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			RequestTimeout: cfg.RequestTimeout,
 			WriteTimeout:   cfg.WriteTimeout,
 			MaxExports:     cfg.MaxExports,
-		}),
+		}, handlerOptions(cfg)...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
@@ -90,7 +91,8 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	}
 	log.Info("listening", "addr", ln.Addr().String(),
 		"database", poolCfg.ConnConfig.Host, "port", poolCfg.ConnConfig.Port,
-		"db", poolCfg.ConnConfig.Database, "user", poolCfg.ConnConfig.User)
+		"db", poolCfg.ConnConfig.Database, "user", poolCfg.ConnConfig.User,
+		"writes_need_token", cfg.APIToken != "")
 
 	// Serve at once, so /healthz answers and /readyz says 503 while the
 	// database comes up; the store answers 503 until the schema is ready.
@@ -108,6 +110,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 				_ = srv.Close()
 				return err
 			}
+			go purgeKeys(ctx, log, st, cfg.IdempotencyTTL)
 		case <-ctx.Done():
 		}
 	}
@@ -160,5 +163,42 @@ func waitForDatabase(ctx context.Context, log *slog.Logger, st *store.Store, lim
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// handlerOptions turns on the handler's optional features the
+// configuration asks for.
+func handlerOptions(cfg config) []api.Option {
+	opts := []api.Option{api.IdempotencyTTL(cfg.IdempotencyTTL)}
+	if cfg.APIToken != "" {
+		opts = append(opts, api.RequireToken(cfg.APIToken))
+	}
+	return opts
+}
+
+// keyPurgeInterval is how often expired idempotency keys are deleted. The
+// store already ignores them; the purge only keeps the table small.
+const keyPurgeInterval = time.Minute
+
+// purgeKeys deletes expired idempotency keys every keyPurgeInterval until
+// ctx is done. A failure is logged and the next round tries again.
+func purgeKeys(ctx context.Context, log *slog.Logger, st *store.Store, ttl time.Duration) {
+	tick := time.NewTicker(keyPurgeInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		purgeCtx, cancel := context.WithTimeout(ctx, keyPurgeInterval)
+		n, err := st.PurgeKeys(purgeCtx, ttl)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("purge expired idempotency keys", "error", err.Error())
+		case n > 0:
+			log.Debug("purged expired idempotency keys", "deleted", n)
+		}
 	}
 }

@@ -396,6 +396,22 @@ func mustRows(t *testing.T, databaseURL string) map[string]int32 {
 	return got
 }
 
+// checkAcknowledged reads table test directly and fails for every name in
+// acked (name to the id a 201 gave) that is missing or has another id. It
+// returns the table, name to id.
+func checkAcknowledged(t *testing.T, databaseURL string, acked map[string]int32) map[string]int32 {
+	t.Helper()
+	rows := mustRows(t, databaseURL)
+	for name, id := range acked {
+		if got, ok := rows[name]; !ok {
+			t.Errorf("%q was acknowledged with id %d but is not in the table", name, id)
+		} else if got != id {
+			t.Errorf("%q was acknowledged with id %d but has id %d in the table", name, id, got)
+		}
+	}
+	return rows
+}
+
 // closedPort returns a 127.0.0.1 port on which connections are refused. It
 // binds a socket without listening: nothing answers there, and, unlike a
 // port that was listened on and closed, no parallel test (or dbtest's
@@ -485,4 +501,32 @@ func (o *output) summary() string {
 		keep = append(keep, l)
 	}
 	return strings.Join(keep, "\n") + fmt.Sprintf("\n(%d request lines left out)", skipped)
+}
+
+// startLoad runs workers goroutines that each call create with fresh names
+// ("load-<worker>-<n>") until create returns false or the returned stop is
+// called. stop waits for the workers; it also runs in t.Cleanup, so that a
+// failing test does not leave them running into the other cleanups.
+func startLoad(t *testing.T, workers int, create func(name string) bool) (stop func()) {
+	t.Helper()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if !create(fmt.Sprintf("load-%d-%d", w, i)) {
+					return
+				}
+			}
+		})
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { close(done); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -37,57 +36,41 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		late503 int                  // 503s: allowed, though none are expected
 	)
 	var termSent atomic.Bool
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				name := fmt.Sprintf("load-%d-%d", w, i)
-				r, err := p.do(context.Background(), http.MethodPost, "/tests", nameBody(name))
-				switch {
-				case errors.Is(err, errIncomplete):
-					t.Errorf("POST %q: %v", name, err)
-					return
-				case err != nil && !termSent.Load():
-					t.Errorf("POST %q before SIGTERM: %v", name, err)
-					return
-				case err != nil:
-					// Shutdown has begun: the listener is closed and idle
-					// connections are closed, so no response is right.
-					mu.Lock()
-					refused++
-					mu.Unlock()
-					time.Sleep(5 * time.Millisecond) // do not spin on refused connections
-				case r.status == http.StatusCreated:
-					var got test
-					if err := json.Unmarshal(r.body, &got); err != nil || got.Name != name || got.ID < 1 {
-						t.Errorf("POST %q: 201 with body %q (%v)", name, r.body, err)
-						return
-					}
-					mu.Lock()
-					created[name] = got.ID
-					mu.Unlock()
-				case r.status == http.StatusServiceUnavailable:
-					mu.Lock()
-					late503++
-					mu.Unlock()
-				default:
-					t.Errorf("POST %q: %d %s, want 201 (or 503, or no response once shutdown begins)", name, r.status, r.body)
-					return
-				}
+	stopLoad := startLoad(t, workers, func(name string) bool {
+		r, err := p.do(context.Background(), http.MethodPost, "/tests", nameBody(name))
+		switch {
+		case errors.Is(err, errIncomplete):
+			t.Errorf("POST %q: %v", name, err)
+			return false
+		case err != nil && !termSent.Load():
+			t.Errorf("POST %q before SIGTERM: %v", name, err)
+			return false
+		case err != nil:
+			// Shutdown has begun: the listener is closed and idle
+			// connections are closed, so no response is right.
+			mu.Lock()
+			refused++
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond) // do not spin on refused connections
+		case r.status == http.StatusCreated:
+			var got test
+			if err := json.Unmarshal(r.body, &got); err != nil || got.Name != name || got.ID < 1 {
+				t.Errorf("POST %q: 201 with body %q (%v)", name, r.body, err)
+				return false
 			}
-		})
-	}
-	// Stop the load on every way out, so that a failure below does not
-	// leave the workers running into the cleanups.
-	var stopOnce sync.Once
-	stopLoad := func() { stopOnce.Do(func() { close(stop); wg.Wait() }) }
-	t.Cleanup(stopLoad)
+			mu.Lock()
+			created[name] = got.ID
+			mu.Unlock()
+		case r.status == http.StatusServiceUnavailable:
+			mu.Lock()
+			late503++
+			mu.Unlock()
+		default:
+			t.Errorf("POST %q: %d %s, want 201 (or 503, or no response once shutdown begins)", name, r.status, r.body)
+			return false
+		}
+		return true
+	})
 
 	// About a second of load, and enough rows that SIGTERM lands mid-stream.
 	time.Sleep(time.Second)
@@ -141,14 +124,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	}
 	p.waitLog(t, "stopped", 1, time.Second) // the process has exited: the log is complete
 
-	rows := mustRows(t, dbURL)
-	for name, id := range created {
-		if got, ok := rows[name]; !ok {
-			t.Errorf("%q was acknowledged with id %d but is not in the table", name, id)
-		} else if got != id {
-			t.Errorf("%q was acknowledged with id %d but has id %d in the table", name, id, got)
-		}
-	}
+	rows := checkAcknowledged(t, dbURL, created)
 	t.Logf("%d rows acknowledged, %d in the table; after SIGTERM: %d without response, %d answered 503; exit after %s",
 		len(created), len(rows), refused, late503, took.Round(time.Millisecond))
 }

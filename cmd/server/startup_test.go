@@ -74,8 +74,10 @@ func TestStartsBeforeDatabase(t *testing.T) {
 	checkUnavailable(t, "POST /tests with the database down", p.mustDo(t, http.MethodPost, "/tests", nameBody("early")))
 
 	db.Start(t)
+	started := time.Now()
 	p.waitReady(t, 15*time.Second)
 	mustCreate(t, p, "after-start")
+	t.Logf("ready and writing %s after the database started", time.Since(started).Round(time.Millisecond))
 	if p.hasExited() {
 		t.Fatalf("server exited: %s", p.cmd.ProcessState)
 	}

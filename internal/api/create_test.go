@@ -111,10 +111,11 @@ func TestCreateBadRequest(t *testing.T) {
 		{"ArrayOfStrings", `["Bob"]`},
 		{"ArrayOfNull", `[null]`},
 		{"DeeplyNested", strings.Repeat("[", 100000) + strings.Repeat("]", 100000)},
+		{"DeeplyNestedObject", strings.Repeat(`{"name":`, 100000) + `"x"` + strings.Repeat("}", 100000)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.name == "DeeplyNested" {
+			if strings.HasPrefix(tc.name, "DeeplyNested") {
 				e := mustEnvURL(t, dbtestSchema(t), bigBody)
 				problemOf(t, do(t, e.h, "POST", "/tests", tc.body), http.StatusBadRequest)
 				return

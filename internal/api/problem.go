@@ -58,6 +58,13 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 	case errors.As(err, &tooBig):
 		writeProblem(w, http.StatusRequestEntityTooLarge,
 			"The request body is larger than the limit of "+itoa(tooBig.Limit)+" bytes.", nil)
+	case errors.Is(err, store.ErrKeyInFlight):
+		w.Header().Set("Retry-After", retryAfter)
+		writeProblem(w, http.StatusConflict,
+			"A request with this Idempotency-Key is still being processed; retry shortly.", nil)
+	case errors.Is(err, store.ErrKeyReused):
+		writeProblem(w, http.StatusUnprocessableEntity,
+			"This Idempotency-Key was already used with a different request body.", nil)
 	case errors.Is(err, store.ErrConflict):
 		writeProblem(w, http.StatusConflict,
 			"A name in the request is already taken; nothing was stored.", nil)

@@ -19,6 +19,7 @@ import (
 type testStore interface {
 	Create(ctx context.Context, name string) (store.Test, error)
 	CreateMany(ctx context.Context, names []string) ([]store.Test, error)
+	CreateOnce(ctx context.Context, k store.KeyedCreate, answer func([]store.Test, error) store.Response) (store.Response, error)
 	Get(ctx context.Context, id int64) (store.Test, error)
 	List(ctx context.Context, after int64, limit int) ([]store.Test, error)
 	Stream(ctx context.Context, after int64, limit int, fn func(store.Test) error) error
@@ -36,15 +37,28 @@ type Limits struct {
 	MaxExports     int           // most NDJSON/CSV exports at once; more is 503
 }
 
+// Option turns on or tunes an optional feature of the handler.
+type Option func(*options)
+
+type options struct {
+	token          string        // API token POST requires; "" means none
+	idempotencyTTL time.Duration // how long an Idempotency-Key is remembered
+}
+
 // NewHandler returns the service's HTTP handler: every route and its
 // middleware, in the order openapi.yaml lists them.
-func NewHandler(log *slog.Logger, st testStore, lim Limits) http.Handler {
+func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http.Handler {
+	o := options{idempotencyTTL: defaultIdempotencyTTL}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	r := chi.NewRouter()
 	// GetHead answers HEAD with the GET handler (net/http drops the body),
 	// as RFC 9110 expects of every GET resource.
-	r.Use(middleware.RequestID, secureHeaders, accessLog(log), recoverer(log), middleware.GetHead)
+	r.Use(requestID, secureHeaders, accessLog(log), recoverer(log), middleware.GetHead)
 
-	r.With(timeout(lim.RequestTimeout)).Post("/tests", handleTestsCreate(log, st, lim).ServeHTTP)
+	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
+		Post("/tests", handleTestsCreate(log, st, lim, o.idempotencyTTL).ServeHTTP)
 	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
 	r.With(timeout(lim.RequestTimeout)).Get("/tests/{id}", handleTestsGet(log, st).ServeHTTP)
 	r.Get("/healthz", handleHealthz().ServeHTTP)

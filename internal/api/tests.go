@@ -31,9 +31,16 @@ const (
 	mediaCSV    = "text/csv"
 )
 
-// handleTestsCreate handles POST /tests: 201, 400, 409, 413, 415, 422, 503.
-func handleTestsCreate(log *slog.Logger, st testStore, lim Limits) http.Handler {
+// handleTestsCreate handles POST /tests: 201, 400, 401, 409, 413, 415, 422,
+// 503. With an Idempotency-Key the create runs at most once per key (see
+// createOnce).
+func handleTestsCreate(log *slog.Logger, st testStore, lim Limits, keyTTL time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, err := idempotencyKey(r)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
 		body, err := readJSONBody(w, r, lim.MaxBodyBytes)
 		if err != nil {
 			respond(log, w, r, err)
@@ -44,14 +51,23 @@ func handleTestsCreate(log *slog.Logger, st testStore, lim Limits) http.Handler 
 			respond(log, w, r, err)
 			return
 		}
+		if key != "" {
+			createOnce(log, w, r, st, store.KeyedCreate{
+				Key:         key,
+				Fingerprint: fingerprint(names, single),
+				Names:       names,
+				TTL:         keyTTL,
+				StaleAfter:  lim.RequestTimeout,
+			}, single)
+			return
+		}
 		if single {
 			t, err := st.Create(r.Context(), names[0])
 			if err != nil {
 				respond(log, w, r, err)
 				return
 			}
-			w.Header().Set("Location", "/tests/"+strconv.Itoa(int(t.ID)))
-			encode(w, http.StatusCreated, mediaJSON, t)
+			writeCreated(w, []store.Test{t}, true)
 			return
 		}
 		ts, err := st.CreateMany(r.Context(), names)
@@ -59,8 +75,19 @@ func handleTestsCreate(log *slog.Logger, st testStore, lim Limits) http.Handler 
 			respond(log, w, r, err)
 			return
 		}
-		encode(w, http.StatusCreated, mediaJSON, ts)
+		writeCreated(w, ts, false)
 	})
+}
+
+// writeCreated answers a create: 201 with the row and its Location for a
+// single object, with the rows for an array.
+func writeCreated(w http.ResponseWriter, ts []store.Test, single bool) {
+	if single {
+		w.Header().Set("Location", "/tests/"+strconv.Itoa(int(ts[0].ID)))
+		encode(w, http.StatusCreated, mediaJSON, ts[0])
+		return
+	}
+	encode(w, http.StatusCreated, mediaJSON, ts)
 }
 
 // handleTestsGet handles GET /tests/{id}: 200, 400, 404, 503.

@@ -48,9 +48,29 @@ func CreateTableSQL(d Dialect) string {
 )`
 }
 
-// Migrate creates table test if it is missing and checks that an existing
-// one (for example created by SQLAlchemy with a SERIAL id) has the columns
-// the store uses. Several instances may call it at once: the DDL runs under
+// CreateKeysSQL is the DDL for table idempotency_keys, where CreateOnce
+// keeps each idempotency key, the fingerprint of its request and the
+// answer (status NULL while the first request is in flight). The same on
+// both dialects: YugabyteDB hash-shards the primary key, which suits random
+// keys, and the index is range-sharded (ASC) so that purging expired keys
+// is a range scan.
+var CreateKeysSQL = []string{`CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key          varchar(255) NOT NULL,
+    fingerprint  bytea NOT NULL,
+    claim        bytea NOT NULL,
+    status       integer,
+    content_type text,
+    location     text,
+    body         bytea,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (key)
+)`,
+	`CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON idempotency_keys (created_at ASC)`,
+}
+
+// Migrate creates tables test and idempotency_keys if they are missing and
+// checks that existing ones (test may have been created by SQLAlchemy with
+// a SERIAL id) have the columns the store uses. Several instances may call it at once: the DDL runs under
 // an advisory lock where the server has one and is retried on the errors
 // concurrent DDL gives. It returns the server's dialect and version.
 func (s *Store) Migrate(ctx context.Context) (Dialect, string, error) {
@@ -78,6 +98,14 @@ RETURNING id, name`
 	if _, err := conn.Exec(ctx, check); err != nil {
 		return d, version, fmt.Errorf("table test is not usable: %w", classify(err))
 	}
+	const checkKeys = `
+INSERT INTO idempotency_keys (key, fingerprint, claim, status, content_type, location, body, created_at)
+SELECT 'x', '', '', 0, '', '', '', now()
+WHERE false
+ON CONFLICT (key) DO NOTHING`
+	if _, err := conn.Exec(ctx, checkKeys); err != nil {
+		return d, version, fmt.Errorf("table idempotency_keys is not usable: %w", classify(err))
+	}
 	s.ready.Store(true)
 	return d, version, nil
 }
@@ -100,18 +128,20 @@ func migrate(ctx context.Context, conn *pgxpool.Conn, d Dialect) error {
 			_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, schemaLock)
 		}()
 	}
-	ddl := CreateTableSQL(d)
-	var err error
-	for attempt := 1; attempt <= ddlAttempts; attempt++ {
-		if _, err = conn.Exec(ctx, ddl); err == nil || !concurrentDDL(err) {
-			break
+	for _, ddl := range append([]string{CreateTableSQL(d)}, CreateKeysSQL...) {
+		var err error
+		for attempt := 1; attempt <= ddlAttempts; attempt++ {
+			if _, err = conn.Exec(ctx, ddl); err == nil || !concurrentDDL(err) {
+				break
+			}
+			if err := sleep(ctx, backoff(attempt)); err != nil {
+				return err
+			}
 		}
-		if err := sleep(ctx, backoff(attempt)); err != nil {
-			return err
+		if err != nil {
+			stmt, _, _ := strings.Cut(ddl, " (")
+			return fmt.Errorf("%s: %w", stmt, classify(err))
 		}
-	}
-	if err != nil {
-		return fmt.Errorf("create table test: %w", classify(err))
 	}
 	return nil
 }

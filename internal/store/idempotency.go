@@ -1,0 +1,237 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Errors of CreateOnce, besides those of CreateMany.
+var (
+	// ErrKeyInFlight means the first request with this idempotency key is
+	// still running.
+	ErrKeyInFlight = errors.New("idempotency key in flight")
+	// ErrKeyReused means the idempotency key was first used with a
+	// different request.
+	ErrKeyReused = errors.New("idempotency key used with another request")
+)
+
+// KeyedCreate is a create sent with an idempotency key.
+type KeyedCreate struct {
+	Key         string   // the client's key
+	Fingerprint []byte   // identifies the request; a retry must bring the same
+	Names       []string // the rows to create, as for CreateMany
+	// TTL is how long the key is kept: after it the key is free again.
+	TTL time.Duration
+	// StaleAfter is how long the first request may run; a key still in
+	// flight after it belongs to a request that crashed or lost its
+	// database, and the next request with the key takes it over.
+	StaleAfter time.Duration
+}
+
+// Response is the answer kept for a key and given again to every retry.
+// The store does not look inside it.
+type Response struct {
+	Status      int
+	ContentType string
+	Location    string
+	Body        []byte
+}
+
+// releaseTimeout bounds freeing a key after a failure, which runs even when
+// the request's own context is done.
+const releaseTimeout = 2 * time.Second
+
+// CreateOnce creates k.Names at most once per key, all or nothing like
+// CreateMany, and returns the answer to give the client.
+//
+// The first request with a key claims it (a row marked in flight, committed
+// at once so that other replicas see it), then, in one transaction, inserts
+// the rows and keeps the Response that answer makes of the outcome: the
+// rows, or ErrConflict, both final. A later request with the key and the
+// same fingerprint gets the kept Response and creates nothing; with another
+// fingerprint ErrKeyReused; while the first is in flight ErrKeyInFlight.
+// Any other failure keeps nothing and frees the key, so a retry runs afresh.
+func (s *Store) CreateOnce(ctx context.Context, k KeyedCreate, answer func([]Test, error) Response) (Response, error) {
+	if !s.ready.Load() {
+		return Response{}, errNotMigrated
+	}
+	claim, kept, err := s.claimKey(ctx, k)
+	if err != nil || claim == nil {
+		return kept, err
+	}
+	resp, err := s.createClaimed(ctx, k, claim, answer)
+	if err != nil {
+		// If the transaction did commit after all (its COMMIT was sent
+		// when the connection broke), the row has its answer and the
+		// status condition makes this a no-op. If the delete cannot run,
+		// the key is taken over once it is stale.
+		const q = `
+DELETE FROM idempotency_keys
+WHERE key = $1
+  AND claim = $2
+  AND status IS NULL`
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+		defer cancel()
+		_, _ = s.pool.Exec(rctx, q, k.Key, claim)
+		return Response{}, err
+	}
+	return resp, nil
+}
+
+// claimKey claims k.Key and returns the claim, a fresh random value that
+// the final update must still find; or, when the key is taken, no claim
+// and the kept Response (or the reason there is none).
+func (s *Store) claimKey(ctx context.Context, k KeyedCreate) ([]byte, Response, error) {
+	claim := []byte(rand.Text())
+	// A key that is expired, or in flight for longer than a request can
+	// run, is taken over; any other existing key leaves the row as it is
+	// and returns nothing.
+	const q = `
+INSERT INTO idempotency_keys AS k (key, fingerprint, claim)
+VALUES ($1, $2, $3)
+ON CONFLICT (key) DO UPDATE
+SET fingerprint  = excluded.fingerprint,
+    claim        = excluded.claim,
+    created_at   = now(),
+    status       = NULL,
+    content_type = NULL,
+    location     = NULL,
+    body         = NULL
+WHERE k.created_at < now() - make_interval(secs => $4)
+   OR (k.status IS NULL AND k.created_at < now() - make_interval(secs => $5))
+RETURNING claim`
+	const kept = `
+SELECT fingerprint,
+       status,
+       coalesce(content_type, ''),
+       coalesce(location, ''),
+       body
+FROM idempotency_keys
+WHERE key = $1`
+	// The row can vanish between the two statements (released after a
+	// failure, or purged): then claim again.
+	for range 3 {
+		err := retry(ctx, func() error {
+			return s.pool.QueryRow(ctx, q, k.Key, k.Fingerprint, claim, k.TTL.Seconds(), k.StaleAfter.Seconds()).Scan(&claim)
+		})
+		if err == nil {
+			return claim, Response{}, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return nil, Response{}, fmt.Errorf("claim idempotency key: %w", classify(err))
+		}
+		var (
+			fingerprint []byte
+			status      *int32
+			r           Response
+		)
+		err = retry(ctx, func() error {
+			return s.pool.QueryRow(ctx, kept, k.Key).Scan(&fingerprint, &status, &r.ContentType, &r.Location, &r.Body)
+		})
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			continue
+		case err != nil:
+			return nil, Response{}, fmt.Errorf("read idempotency key: %w", classify(err))
+		case !bytes.Equal(fingerprint, k.Fingerprint):
+			return nil, Response{}, ErrKeyReused
+		case status == nil:
+			return nil, Response{}, ErrKeyInFlight
+		}
+		r.Status = int(*status)
+		return nil, r, nil
+	}
+	return nil, Response{}, fmt.Errorf("%w: idempotency key claimed and released repeatedly", ErrUnavailable)
+}
+
+// errClaimLost means a later request took the key over as stale while this
+// one was still running: this one must not commit.
+var errClaimLost = fmt.Errorf("%w: idempotency key taken over by a later request", ErrUnavailable)
+
+// createClaimed inserts the rows and keeps the answer in one transaction.
+func (s *Store) createClaimed(ctx context.Context, k KeyedCreate, claim []byte, answer func([]Test, error) Response) (Response, error) {
+	const keep = `
+UPDATE idempotency_keys
+SET status       = $3,
+    content_type = $4,
+    location     = $5,
+    body         = $6
+WHERE key = $1
+  AND claim = $2`
+	var resp Response
+	err := retry(ctx, func() error {
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			created, err := insertAll(ctx, tx, k.Names)
+			if err != nil && !errors.Is(err, ErrConflict) {
+				return err
+			}
+			resp = answer(created, err)
+			tag, err := tx.Exec(ctx, keep, k.Key, claim, resp.Status, resp.ContentType, resp.Location, resp.Body)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				return errClaimLost
+			}
+			return nil
+		})
+	})
+	if errors.Is(err, errClaimLost) {
+		return Response{}, err
+	}
+	if err != nil {
+		return Response{}, fmt.Errorf("create %d rows with idempotency key: %w", len(k.Names), classify(err))
+	}
+	return resp, nil
+}
+
+// insertAll inserts names inside tx, all or nothing: a taken or repeated
+// name rolls back to a savepoint and gives ErrConflict, leaving tx usable.
+// Rows come back in input order.
+func insertAll(ctx context.Context, tx pgx.Tx, names []string) ([]Test, error) {
+	const q = `
+INSERT INTO test (name)
+SELECT name
+FROM unnest($1::text[]) WITH ORDINALITY AS input(name, ord)
+ORDER BY ord
+ON CONFLICT (name) DO NOTHING
+RETURNING id, name`
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, _ := sp.Query(ctx, q, names)
+	created, err := pgx.CollectRows(rows, scanTest)
+	if err != nil {
+		return nil, err
+	}
+	if len(created) < len(names) {
+		if err := sp.Rollback(ctx); err != nil {
+			return nil, err
+		}
+		return nil, ErrConflict
+	}
+	return inputOrder(names, created), sp.Commit(ctx)
+}
+
+// PurgeKeys deletes the idempotency keys older than ttl, which CreateOnce
+// already treats as absent, and returns how many it deleted.
+func (s *Store) PurgeKeys(ctx context.Context, ttl time.Duration) (int64, error) {
+	if !s.ready.Load() {
+		return 0, errNotMigrated
+	}
+	const q = `
+DELETE FROM idempotency_keys
+WHERE created_at < now() - make_interval(secs => $1)`
+	tag, err := s.pool.Exec(ctx, q, ttl.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("purge idempotency keys: %w", classify(err))
+	}
+	return tag.RowsAffected(), nil
+}
