@@ -69,6 +69,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	}
 	defer pool.Close()
 	st := store.New(pool)
+	// Deferred after pool.Close, so it runs first: creates still queued
+	// or in flight get their answer before the pool goes.
+	defer st.Close()
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -124,6 +127,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 		_ = srv.Close()
 		log.Warn("shutdown timeout: closed requests still running", "timeout", cfg.ShutdownTimeout.String())
 	}
+	// Every handler has returned (or was cut off): let the batches that
+	// are still running finish before the pool closes.
+	st.Close()
 	log.Info("stopped")
 	return nil
 }

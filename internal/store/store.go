@@ -34,13 +34,20 @@ var (
 // ErrUnavailable until Migrate has succeeded, so a service that starts
 // before its database serves 503s, not errors about a missing table.
 type Store struct {
-	pool  *pgxpool.Pool
-	ready atomic.Bool
+	pool    *pgxpool.Pool
+	ready   atomic.Bool
+	creates batcher // group commit for Create
 }
 
-// New returns a Store using pool. The pool stays the caller's to close.
-func New(pool *pgxpool.Pool) *Store {
-	return &Store{pool: pool}
+// New returns a Store using pool. The pool stays the caller's to close,
+// after Close.
+func New(pool *pgxpool.Pool, opts ...Option) *Store {
+	s := &Store{pool: pool}
+	s.creates.insert = s.insertBatch
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // errNotMigrated is returned before Migrate has succeeded.

@@ -5,16 +5,37 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
 
 // Create inserts one row named name and returns it with its generated id.
-// A name already stored gives ErrConflict.
+// A name already stored gives ErrConflict. Concurrent creates share one
+// statement and one commit (see batch.go); each is answered only after its
+// row has committed, and only a create's own name can make it conflict.
 func (s *Store) Create(ctx context.Context, name string) (Test, error) {
 	if !s.ready.Load() {
 		return Test{}, errNotMigrated
 	}
+	if !batchable(name) {
+		// The column would reject it, and the error would fail every
+		// create of its batch.
+		return s.createOne(ctx, name)
+	}
+	return s.creates.do(ctx, name)
+}
+
+// batchable reports whether the column takes name as it is: valid UTF-8
+// without NUL, at most 255 characters (longer ones are an error, or cut
+// if the excess is spaces, and then the returned name would not match).
+func batchable(name string) bool {
+	return utf8.ValidString(name) && !strings.ContainsRune(name, 0) && utf8.RuneCountInString(name) <= 255
+}
+
+// createOne inserts one row by itself, outside any batch.
+func (s *Store) createOne(ctx context.Context, name string) (Test, error) {
 	// ON CONFLICT (name) targets the name's unique key only: a taken name
 	// returns no row instead of an error, and any other violation (say, of
 	// the primary key) still surfaces as the error it is.
@@ -36,6 +57,20 @@ RETURNING id, name`
 	return t, nil
 }
 
+// insertNames inserts the names of $1 and returns the rows it created: one
+// statement and one parameter whatever the length (no 65,535 parameter
+// limit). ORDER BY ord makes the sequence hand out ids in input order. ON
+// CONFLICT (name) targets the name's unique key only: a taken name returns
+// no row instead of an error, and any other violation (say, of the primary
+// key) still surfaces as the error it is.
+const insertNames = `
+INSERT INTO test (name)
+SELECT name
+FROM unnest($1::text[]) WITH ORDINALITY AS input(name, ord)
+ORDER BY ord
+ON CONFLICT (name) DO NOTHING
+RETURNING id, name`
+
 // CreateMany inserts all names in one transaction, all or nothing, and
 // returns the rows in input order with ids ascending in that order. A name
 // repeated in names or already stored gives ErrConflict and stores nothing.
@@ -50,20 +85,10 @@ func (s *Store) CreateMany(ctx context.Context, names []string) ([]Test, error) 
 		}
 		seen[n] = struct{}{}
 	}
-	// One statement and one parameter whatever the length (no 65,535
-	// parameter limit); ORDER BY ord makes the sequence hand out ids in
-	// input order.
-	const q = `
-INSERT INTO test (name)
-SELECT name
-FROM unnest($1::text[]) WITH ORDINALITY AS input(name, ord)
-ORDER BY ord
-ON CONFLICT (name) DO NOTHING
-RETURNING id, name`
 	var out []Test
 	err := retry(ctx, func() error {
 		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			rows, _ := tx.Query(ctx, q, names)
+			rows, _ := tx.Query(ctx, insertNames, names)
 			created, err := pgx.CollectRows(rows, scanTest)
 			if err != nil {
 				return err
