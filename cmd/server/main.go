@@ -68,7 +68,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 		return fmt.Errorf("database pool: %w", err)
 	}
 	defer pool.Close()
-	st := store.New(pool)
+	// A create waiting for its group-commit batch is bounded like a
+	// request waiting for a connection.
+	st := store.New(pool, store.QueueTimeout(cfg.DBAcquireTimeout))
 	// Deferred after pool.Close, so it runs first: creates still queued
 	// or in flight get their answer before the pool goes.
 	defer st.Close()

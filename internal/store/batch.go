@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -44,6 +45,18 @@ func OnBatch(fn func(size int)) Option {
 	return func(s *Store) { s.creates.onBatch = fn }
 }
 
+// QueueTimeout bounds how long a create waits in the queue for its batch to
+// be sent: after d it answers ErrUnavailable, as a request waiting for a
+// pool connection does after the acquire timeout, instead of queueing until
+// its own deadline behind a slow or locked database. Zero means no bound.
+func QueueTimeout(d time.Duration) Option {
+	return func(s *Store) { s.creates.queueTimeout = d }
+}
+
+// errQueueTimeout is what a create gets when its batch was not sent within
+// the queue timeout; nothing of it reached the database.
+var errQueueTimeout = fmt.Errorf("%w: timed out waiting for a create batch", ErrUnavailable)
+
 // Close stops taking creates (they answer ErrUnavailable) and returns once
 // every create already queued or sent has its answer. Call it before
 // closing the pool, so that no batch is cut off in the middle.
@@ -56,6 +69,9 @@ type createReq struct {
 	ctx  context.Context
 	name string
 	done chan createResult // buffered: a batch never waits for a create that gave up
+
+	sent    bool // taken into a batch; guarded by batcher.mu
+	dropped bool // gave up waiting in the queue; guarded by batcher.mu
 }
 
 type createResult struct {
@@ -65,8 +81,9 @@ type createResult struct {
 
 // batcher queues single-row creates and runs them in batches.
 type batcher struct {
-	insert  func(ctx context.Context, names []string) ([]Test, error)
-	onBatch func(size int)
+	insert       func(ctx context.Context, names []string) ([]Test, error)
+	onBatch      func(size int)
+	queueTimeout time.Duration
 
 	mu      sync.Mutex
 	queue   []*createReq
@@ -76,23 +93,40 @@ type batcher struct {
 }
 
 // do queues name and waits for its answer or for ctx. A create whose ctx
-// ends while it is queued is dropped from the queue; one that ends after
-// its batch was sent gets ctx's error, and its row may or may not be
-// stored: it was never acknowledged.
+// ends, or whose queue timeout passes, while it is queued is dropped from
+// the queue; one whose ctx ends after its batch was sent gets ctx's error,
+// and its row may or may not be stored: it was never acknowledged.
 func (b *batcher) do(ctx context.Context, name string) (Test, error) {
 	r := &createReq{ctx: ctx, name: name, done: make(chan createResult, 1)}
 	if err := b.enqueue(r); err != nil {
 		return Test{}, err
 	}
-	select {
-	case res := <-r.done:
-		return res.t, res.err
-	case <-ctx.Done():
+	var queueTimeout <-chan time.Time
+	if b.queueTimeout > 0 {
+		t := time.NewTimer(b.queueTimeout)
+		defer t.Stop()
+		queueTimeout = t.C
+	}
+	for {
 		select {
-		case res := <-r.done: // answered as ctx ended: the answer is the truth
+		case res := <-r.done:
 			return res.t, res.err
-		default:
-			return Test{}, fmt.Errorf("create: %w", classify(ctx.Err()))
+		case <-ctx.Done():
+			select {
+			case res := <-r.done: // answered as ctx ended: the answer is the truth
+				return res.t, res.err
+			default:
+				return Test{}, fmt.Errorf("create: %w", classify(ctx.Err()))
+			}
+		case <-queueTimeout:
+			b.mu.Lock()
+			sent := r.sent
+			r.dropped = !sent
+			b.mu.Unlock()
+			if !sent {
+				return Test{}, errQueueTimeout
+			}
+			queueTimeout = nil // sent in time: wait for the answer
 		}
 	}
 }
@@ -136,7 +170,8 @@ func (b *batcher) next() []*createReq {
 			break
 		}
 		taken++
-		if r.ctx.Err() == nil {
+		if r.ctx.Err() == nil && !r.dropped {
+			r.sent = true
 			batch = append(batch, r)
 		}
 	}

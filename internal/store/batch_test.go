@@ -41,7 +41,7 @@ type batchEnv struct {
 	blockers int // blocker names used so far
 }
 
-func mustBatchEnv(t *testing.T, url string) *batchEnv {
+func mustBatchEnv(t *testing.T, url string, opts ...store.Option) *batchEnv {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -55,11 +55,11 @@ func mustBatchEnv(t *testing.T, url string) *batchEnv {
 	}
 	t.Cleanup(pool.Close)
 	e := &batchEnv{pool: pool, url: url}
-	e.st = store.New(pool, store.OnBatch(func(size int) {
+	e.st = store.New(pool, append(opts, store.OnBatch(func(size int) {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		e.sizes = append(e.sizes, size)
-	}))
+	}))...)
 	t.Cleanup(e.st.Close) // before pool.Close: cleanups run last-in first-out
 	if _, _, err := e.st.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
@@ -315,6 +315,30 @@ func TestBatchCancelledWhileQueued(t *testing.T) {
 	if rows := e.stored(t); len(rows) != 2+store.MaxFlights {
 		t.Errorf("table %v, want the blockers, a and b (the cancelled create was never sent)", rows)
 	}
+}
+
+// TestBatchQueueTimeout: behind a locked table, a create that waits in the
+// queue longer than the queue timeout answers ErrUnavailable while the lock
+// is still held, and is never sent; the batch already at the server is not
+// affected by the timeout.
+func TestBatchQueueTimeout(t *testing.T) {
+	e := mustBatchEnv(t, dbtest.NewSchema(t), store.QueueTimeout(200*time.Millisecond))
+	release := e.begin(t, `LOCK TABLE test IN ACCESS EXCLUSIVE MODE`)
+	blockers := e.occupyFlights(t, t.Context(), "blocker")
+	late := e.queue(t, t.Context(), "late")[0]
+	if r := recv(t, late); !errors.Is(r.err, store.ErrUnavailable) {
+		t.Fatalf("create queued behind a locked table: %+v, %v; want ErrUnavailable after the queue timeout", r.t, r.err)
+	}
+	release()
+	for _, ch := range blockers {
+		if r := recv(t, ch); r.err != nil {
+			t.Errorf("create sent before the queue timeout: %v", r.err)
+		}
+	}
+	if rows := e.stored(t); len(rows) != store.MaxFlights {
+		t.Errorf("table %v, want only the blockers (the timed-out create was never sent)", rows)
+	}
+	e.wantBatches(t) // the blockers' only
 }
 
 // TestBatchCancelledAfterSend: a create cancelled once its batch is at the
