@@ -167,7 +167,13 @@ WHERE key = $1
 	var resp Response
 	err := retry(ctx, func() error {
 		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			created, err := insertAll(ctx, tx, k.Names)
+			// A savepoint: a taken name undoes the rows, and the
+			// transaction goes on to keep the 409.
+			var created []Test
+			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) (err error) {
+				created, err = insertAll(ctx, sp, k.Names)
+				return err
+			})
 			if err != nil && !errors.Is(err, ErrConflict) {
 				return err
 			}
@@ -189,35 +195,6 @@ WHERE key = $1
 		return Response{}, fmt.Errorf("create %d rows with idempotency key: %w", len(k.Names), classify(err))
 	}
 	return resp, nil
-}
-
-// insertAll inserts names inside tx, all or nothing: a taken or repeated
-// name rolls back to a savepoint and gives ErrConflict, leaving tx usable.
-// Rows come back in input order.
-func insertAll(ctx context.Context, tx pgx.Tx, names []string) ([]Test, error) {
-	const q = `
-INSERT INTO test (name)
-SELECT name
-FROM unnest($1::text[]) WITH ORDINALITY AS input(name, ord)
-ORDER BY ord
-ON CONFLICT (name) DO NOTHING
-RETURNING id, name`
-	sp, err := tx.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	rows, _ := sp.Query(ctx, q, names)
-	created, err := pgx.CollectRows(rows, scanTest)
-	if err != nil {
-		return nil, err
-	}
-	if len(created) < len(names) {
-		if err := sp.Rollback(ctx); err != nil {
-			return nil, err
-		}
-		return nil, ErrConflict
-	}
-	return inputOrder(names, created), sp.Commit(ctx)
 }
 
 // PurgeKeys deletes the idempotency keys older than ttl, which CreateOnce

@@ -87,19 +87,10 @@ func (s *Store) CreateMany(ctx context.Context, names []string) ([]Test, error) 
 	}
 	var out []Test
 	err := retry(ctx, func() error {
-		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			rows, _ := tx.Query(ctx, insertNames, names)
-			created, err := pgx.CollectRows(rows, scanTest)
-			if err != nil {
-				return err
-			}
-			if len(created) < len(names) {
-				// Some name was taken: returning an error rolls back the rows
-				// that did go in.
-				return ErrConflict
-			}
-			out = inputOrder(names, created)
-			return nil
+		// An error, ErrConflict included, rolls back the rows that did go in.
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) (err error) {
+			out, err = insertAll(ctx, tx, names)
+			return err
 		})
 	})
 	if errors.Is(err, ErrConflict) {
@@ -109,6 +100,21 @@ func (s *Store) CreateMany(ctx context.Context, names []string) ([]Test, error) 
 		return nil, fmt.Errorf("create %d rows: %w", len(names), classify(err))
 	}
 	return out, nil
+}
+
+// insertAll inserts names in tx and returns the rows in input order. A
+// taken or repeated name gives ErrConflict (fewer rows came back); the
+// caller must then roll back the rows that did go in.
+func insertAll(ctx context.Context, tx pgx.Tx, names []string) ([]Test, error) {
+	rows, _ := tx.Query(ctx, insertNames, names)
+	created, err := pgx.CollectRows(rows, scanTest)
+	if err != nil {
+		return nil, err
+	}
+	if len(created) < len(names) {
+		return nil, ErrConflict
+	}
+	return inputOrder(names, created), nil
 }
 
 // inputOrder puts created rows in the order of names: RETURNING promises no order.
