@@ -62,6 +62,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	poolCfg.MaxConnLifetime = cfg.DBMaxConnLifetime
 	poolCfg.MaxConnLifetimeJitter = cfg.DBMaxConnLifetime / 10
 	poolCfg.ConnConfig.ConnectTimeout = cfg.DBConnectTimeout
+	store.ConfigurePool(poolCfg)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return fmt.Errorf("database pool: %w", err)
