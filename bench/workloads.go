@@ -186,14 +186,23 @@ func (b *bench) runWorkload(ctx context.Context, w workload) (result, error) {
 	return res, nil
 }
 
-// measure runs one side's run and records where the CPU time went.
+// measure runs one side's run and records where the CPU time went. The
+// backends of the previous run must be gone before it, and those of this
+// one after it, for the database's CPU to be counted right.
 func (b *bench) measure(ctx context.Context, run func(context.Context, int) (sample, error), round int) (sample, error) {
+	if err := b.db.quiesce(ctx); err != nil {
+		return sample{}, err
+	}
 	before, err := b.cpuNow()
 	if err != nil {
 		return sample{}, err
 	}
 	s, err := run(ctx, round)
 	if err != nil {
+		return s, err
+	}
+	// The run's backends, once reaped, count in the postmaster's children.
+	if err := b.db.quiesce(ctx); err != nil {
 		return s, err
 	}
 	after, err := b.cpuNow()
