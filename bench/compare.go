@@ -31,7 +31,9 @@ func (b *bench) compare(ctx context.Context, w workload, variants []string) erro
 	for round := 0; round <= b.opts.rounds; round++ { // round 0 warms every server up
 		for i, srv := range servers {
 			b.srv = srv
-			s, err := b.measure(ctx, w.a, round)
+			// Every variant's run gets its own number: runs that create rows
+			// name them after it.
+			s, err := b.measure(ctx, w.a, round*len(servers)+i)
 			if err != nil {
 				return fmt.Errorf("variant %q: %w", variants[i], err)
 			}
@@ -39,13 +41,13 @@ func (b *bench) compare(ctx context.Context, w workload, variants []string) erro
 				continue
 			}
 			rates[i] = append(rates[i], s.rate)
-			cpus[i] = append(cpus[i], float64(s.cpu.server.Microseconds())/s.ops)
+			cpus[i] = append(cpus[i], float64(s.cpu.server.Nanoseconds())/1e3/s.ops)
 			fmt.Printf("   round %d %-30q %s %s (%s) %s\n", round, variants[i], fmtRate(s.rate), w.unit,
 				fmtLatency(s), fmtCPU(s.cpu, s.ops, true))
 		}
 	}
 	for i, v := range variants {
-		fmt.Printf("   median %-30q %s %s, server %.0f µs/op\n", v, fmtRate(median(rates[i])), w.unit, median(cpus[i]))
+		fmt.Printf("   median %-30q %s %s, server %.3g µs/op\n", v, fmtRate(median(rates[i])), w.unit, median(cpus[i]))
 	}
 	return nil
 }

@@ -171,12 +171,13 @@ func machineBusy() (time.Duration, error) {
 	return time.Duration(busy) * clockTick, nil
 }
 
-// perOp formats CPU time per operation in microseconds.
+// perOp formats CPU time per operation in microseconds, with three
+// significant digits (an exported row takes well under one).
 func perOp(d time.Duration, ops float64) string {
 	if ops <= 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.0f", float64(d.Microseconds())/ops)
+	return fmt.Sprintf("%.3g", float64(d.Nanoseconds())/1e3/ops)
 }
 
 // fmtCPU says where a run's CPU went, per operation, and how much other

@@ -74,7 +74,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.bulkParallel, "bulk-parallel", 4, "bulk POSTs in flight at once")
 	only := fs.String("only", "", "comma-separated workloads to run ("+strings.Join(workloadKeys, ", ")+"); default all")
 	fs.StringVar(&o.pprofDir, "pprof", "", "build the server with -tags pprof and write CPU profiles of its first timed round of each workload here (those numbers are not for the table)")
-	compare := fs.String("compare", "", `instead of the table: ours of the selected create or page workload against one server per variant, round-robin, e.g. "DB_MAX_CONNS=8;DB_MAX_CONNS=32 GOGC=200;" (variants split at ";", the empty one is the defaults)`)
+	compare := fs.String("compare", "", `instead of the table: ours of the one workload -only names against one server per variant, round-robin, e.g. "DB_MAX_CONNS=8;DB_MAX_CONNS=32 GOGC=200;" (variants split at ";", the empty one is the defaults)`)
 	smoke := fs.Bool("smoke", false, "one tiny round of everything, to check that the harness works (CI); overrides the sizes")
 	fs.Func("server-env", "NAME=VALUE for the server's environment, e.g. DB_MAX_CONNS=8 (repeatable)", func(s string) error {
 		if !strings.Contains(s, "=") {
@@ -116,8 +116,8 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-warmup must be whole seconds")
 	case o.clients < 1 || o.threads < 1 || o.clients < o.threads:
 		return o, errors.New("-clients and -threads must be at least 1, and clients at least threads")
-	case len(o.compare) > 0 && !(len(o.only) == 1 && (o.only["page"] || o.only["create"])):
-		return o, errors.New("-compare needs -only page or -only create")
+	case len(o.compare) > 0 && len(o.only) != 1:
+		return o, errors.New("-compare needs -only with one workload")
 	case o.rows < 1 || o.exportRows < 1 || o.bulkRequests < 1 || o.bulkSize < 1 || o.bulkParallel < 1:
 		return o, errors.New("sizes must be at least 1")
 	}
@@ -157,7 +157,7 @@ func run(ctx context.Context, o options) error {
 	b := &bench{opts: o, tools: tools, db: db, srv: srv, dir: dir}
 	if len(o.compare) > 0 {
 		for _, w := range b.workloads() {
-			if o.only[w.key] && w.warm {
+			if o.only[w.key] {
 				if err := b.compare(ctx, w, o.compare); err != nil {
 					return err
 				}
