@@ -93,6 +93,10 @@ func fmtLatency(s sample) string {
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
+// growth formats an RSS change with its sign (it can be slightly below 0
+// when the heap shrank during the run).
+func growth(n int64) string { return fmt.Sprintf("%+.1f MiB", float64(n)/(1<<20)) }
+
 // printTable writes the results as the Markdown table BENCHMARKS.md keeps.
 func printTable(w io.Writer, results []result) {
 	fmt.Fprintln(w, "| workload | ours (median) | limit (median) | ratio per round | median ratio | target | ours p50 / p99 (median of rounds) | server peak RSS (max growth) |")
@@ -111,7 +115,7 @@ func printTable(w io.Writer, results []result) {
 			latency = "whole export " + fmtDuration(time.Duration(el))
 		}
 		peak := slices.Max(r.column(func(rd round) float64 { return float64(rd.peakRSS) }))
-		growth := slices.Max(r.column(func(rd round) float64 { return float64(rd.growth) }))
+		maxGrowth := slices.Max(r.column(func(rd round) float64 { return float64(rd.growth) }))
 		target := fmt.Sprintf(">= %.2f", r.w.target)
 		if r.w.maxGrowth > 0 {
 			target += ", growth < " + mib(r.w.maxGrowth)
@@ -120,11 +124,11 @@ func printTable(w io.Writer, results []result) {
 		if !r.ok() {
 			verdict = "not met"
 		}
-		fmt.Fprintf(w, "| %s | %s %s | %s %s | %s | **%.3f** | %s (%s) | %s | %s (+%s) |\n",
+		fmt.Fprintf(w, "| %s | %s %s | %s %s | %s | **%.3f** | %s (%s) | %s | %s (%s) |\n",
 			r.w.name,
 			fmtRate(median(r.column(func(rd round) float64 { return rd.a.rate }))), r.w.unit,
 			fmtRate(median(r.column(func(rd round) float64 { return rd.b.rate }))), r.w.unit,
 			strings.Join(ratios, ", "), r.medianRatio(), target, verdict, latency,
-			mib(int64(peak)), mib(int64(growth)))
+			mib(int64(peak)), growth(int64(maxGrowth)))
 	}
 }

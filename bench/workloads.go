@@ -176,8 +176,8 @@ func (b *bench) runWorkload(ctx context.Context, w workload) (result, error) {
 		}
 		r.ratio = r.a.rate / r.b.rate
 		res.rounds = append(res.rounds, r)
-		fmt.Printf("   round %d: ours %s %s (%s, peak RSS %s, +%s)   limit %s %s (%s)   ratio %.3f\n",
-			i, fmtRate(r.a.rate), w.unit, fmtLatency(r.a), mib(r.peakRSS), mib(r.growth),
+		fmt.Printf("   round %d: ours %s %s (%s, peak RSS %s, %s)   limit %s %s (%s)   ratio %.3f\n",
+			i, fmtRate(r.a.rate), w.unit, fmtLatency(r.a), mib(r.peakRSS), growth(r.growth),
 			fmtRate(r.b.rate), w.unit, fmtLatency(r.b), r.ratio)
 		fmt.Printf("            ours %s\n            limit %s\n",
 			fmtCPU(r.a.cpu, r.a.ops, true), fmtCPU(r.b.cpu, r.b.ops, false))
