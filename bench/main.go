@@ -43,6 +43,7 @@ type options struct {
 	pprofDir     string
 	serverEnv    []string
 	compare      []string
+	smoke        bool
 }
 
 func main() {
@@ -89,6 +90,7 @@ func parseFlags(args []string) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	o.smoke = *smoke
 	if *smoke {
 		o.rounds, o.duration, o.warmup = 1, time.Second, 0
 		o.clients, o.rows, o.exportRows = 8, 1000, 5000
@@ -181,5 +183,8 @@ func run(ctx context.Context, o options) error {
 	}
 	fmt.Printf("\nResults (%s; %d round(s); %d clients, %d threads; Go %s):\n\n", m, o.rounds, o.clients, o.threads, runtime.Version())
 	printTable(os.Stdout, results)
+	if o.smoke {
+		fmt.Println("\n(-smoke: tiny sizes and one short round, to check that everything runs; the numbers mean nothing.)")
+	}
 	return nil
 }
