@@ -3,7 +3,7 @@
 # The YugabyteDB that docker-compose.yml publishes on localhost:5433.
 YUGABYTE_URL := postgres://yugabyte:yugabyte@localhost:5433/yugabyte?sslmode=disable
 
-.PHONY: test test-yugabyte run docker compose-up compose-cluster-up compose-down lint
+.PHONY: test test-yugabyte run docker compose-up compose-cluster-up compose-down lint bench bench-smoke
 
 ## test: the whole suite on a throwaway PostgreSQL (or on TEST_DATABASE_URL if set)
 test:
@@ -34,6 +34,15 @@ compose-cluster-up:
 compose-down:
 	docker compose down
 	docker compose -f docker-compose.cluster.yml down
+
+## bench: the server against the database's own limit (BENCHMARKS.md); a few minutes; needs wrk and the
+## PostgreSQL server binaries. More flags: make bench BENCH_FLAGS='-only page -pprof /tmp/prof'
+bench:
+	go run ./bench $(BENCH_FLAGS)
+
+## bench-smoke: one tiny round of every workload, to check that the benchmark still works (CI runs it)
+bench-smoke:
+	go run ./bench -smoke
 
 ## lint: gofmt, go vet and the OpenAPI linter, as in .ci/run
 lint:

@@ -63,6 +63,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	poolCfg.MaxConnLifetimeJitter = cfg.DBMaxConnLifetime / 10
 	poolCfg.ConnConfig.ConnectTimeout = cfg.DBConnectTimeout
 	store.LimitAcquire(poolCfg, cfg.DBAcquireTimeout)
+	store.ConfigurePool(poolCfg)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return fmt.Errorf("database pool: %w", err)

@@ -18,9 +18,17 @@ func encode(w http.ResponseWriter, status int, contentType string, v any) {
 		// Only our own types are encoded; this is a programming error.
 		panic(err)
 	}
+	writeBody(w, status, contentType, append(body, '\n'))
+}
+
+// writeBody sends a whole body with its Content-Length, so that net/http
+// sends it as it is rather than chunked (which it does for a body over
+// 2 KiB written without a length).
+func writeBody(w http.ResponseWriter, status int, contentType string, body []byte) {
 	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body)
 }
 
 // readJSONBody checks that r carries JSON and returns its body, read through

@@ -3,7 +3,6 @@ package api
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -170,7 +169,10 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 			next := "/tests?after=" + strconv.Itoa(int(ts[len(ts)-1].ID)) + "&limit=" + strconv.Itoa(limit)
 			w.Header().Set("Link", "<"+next+`>; rel="next"`)
 		}
-		encode(w, http.StatusOK, mediaJSON, ts)
+		bp := getBuffer()
+		defer putBuffer(bp)
+		*bp = appendPage(*bp, ts)
+		writeBody(w, http.StatusOK, mediaJSON, *bp)
 	})
 }
 
@@ -233,7 +235,6 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 		return bw.Flush()
 	}
-	var line []byte
 	started := false
 	start := func() bool {
 		started = true
@@ -253,10 +254,14 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		if !started && !start() {
 			return context.DeadlineExceeded
 		}
+		// Each line is appended straight into bw's free space, so it is
+		// neither allocated nor copied (unless it is longer than the space
+		// left, which append then allocates for).
+		line := bw.AvailableBuffer()
 		if media == mediaCSV {
-			line = appendCSV(line[:0], t)
+			line = appendCSV(line, t)
 		} else {
-			line = appendNDJSON(line[:0], t)
+			line = append(appendTest(line, t), '\n')
 		}
 		if _, err := bw.Write(line); err != nil {
 			return err
@@ -285,16 +290,6 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		}
 		panic(http.ErrAbortHandler)
 	}
-}
-
-// appendNDJSON appends t as one line of JSON.
-func appendNDJSON(b []byte, t store.Test) []byte {
-	name, _ := json.Marshal(t.Name) // a string always marshals
-	b = append(b, `{"id":`...)
-	b = strconv.AppendInt(b, int64(t.ID), 10)
-	b = append(b, `,"name":`...)
-	b = append(b, name...)
-	return append(b, "}\n"...)
 }
 
 // appendCSV appends t as one RFC 4180 record. The name is quoted when it

@@ -245,6 +245,34 @@ func (s *Server) Start(t testing.TB) {
 	}
 }
 
+// Standalone is a throwaway server that no test owns, for tools such as the benchmark harness (bench/): the
+// same initdb and pg_ctl steps as the tests' servers, with fsync on and the caller's settings on top.
+type Standalone struct{ inst *instance }
+
+// StartStandalone initdb's and starts a server on a free 127.0.0.1 port. Each setting is "name=value" without
+// spaces or quotes, passed to the server as -c name=value. Close stops the server and removes its files.
+func StartStandalone(settings ...string) (*Standalone, error) {
+	for _, kv := range settings {
+		if name, _, ok := strings.Cut(kv, "="); !ok || name == "" || strings.ContainsAny(kv, " '\"\t\n\\") {
+			return nil, fmt.Errorf("dbtest: setting %q is not name=value without spaces or quotes", kv)
+		}
+	}
+	inst, err := newInstance(true, settings...)
+	if err != nil {
+		return nil, fmt.Errorf("dbtest: %w", err)
+	}
+	return &Standalone{inst: inst}, nil
+}
+
+// URL returns the server's connection URL (user postgres, database postgres, trust authentication).
+func (s *Standalone) URL() string { return s.inst.url() }
+
+// Port returns the server's 127.0.0.1 port, for clients that take host and port apart (pgbench, psql).
+func (s *Standalone) Port() int { return s.inst.port }
+
+// Close stops the server and removes its files.
+func (s *Standalone) Close() error { return s.inst.destroy("fast") }
+
 // BinDir returns the directory with initdb and pg_ctl, or "" if none is found. Debian keeps them off PATH in
 // /usr/lib/postgresql/<version>/bin, hence the search beyond PATH.
 func BinDir() string { return binDir() }
@@ -299,11 +327,13 @@ type instance struct {
 	log   string
 	port  int
 	fsync bool
+	extra []string            // more server settings, each "name=value"
 	cred  *syscall.Credential // who runs the binaries: postgres refuses to run as root
 }
 
-// newInstance initdb's and starts a server. fsync=false is for the shared server only.
-func newInstance(fsync bool) (*instance, error) {
+// newInstance initdb's and starts a server. fsync=false is for the shared server only; settings are more
+// "name=value" server settings.
+func newInstance(fsync bool, settings ...string) (*instance, error) {
 	bin := BinDir()
 	if bin == "" {
 		return nil, errors.New("no PostgreSQL server binaries (initdb, pg_ctl, postgres) found via pg_config, " +
@@ -320,6 +350,7 @@ func newInstance(fsync bool) (*instance, error) {
 		sock:  filepath.Join(dir, "sock"),
 		log:   filepath.Join(dir, "server.log"),
 		fsync: fsync,
+		extra: settings,
 	}
 	if err := in.setup(); err != nil {
 		os.RemoveAll(dir)
@@ -387,6 +418,9 @@ func (in *instance) start() error {
 	opts := fmt.Sprintf("-p %d -k '%s' -c listen_addresses=127.0.0.1 -c max_connections=300", in.port, in.sock)
 	if !in.fsync {
 		opts += " -c fsync=off"
+	}
+	for _, kv := range in.extra {
+		opts += " -c " + kv
 	}
 	// -l sends the server's output to a file: if it inherited our pipes, collecting pg_ctl's output would
 	// wait for the server to exit.

@@ -2,6 +2,7 @@ package dbtest_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -194,4 +195,50 @@ func checkCrashAndRestart(t *testing.T, srv *dbtest.Server) {
 	if got != "acked" {
 		t.Errorf("row after Stop+Start = %q, want %q", got, "acked")
 	}
+}
+
+func TestStartStandalone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("Settings", func(t *testing.T) {
+		t.Parallel()
+		srv, err := dbtest.StartStandalone("work_mem=7MB", "max_wal_size=2GB")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := mustConnect(t, srv.URL())
+		for setting, want := range map[string]string{"work_mem": "7MB", "max_wal_size": "2GB", "fsync": "on"} {
+			var got string
+			if err := conn.QueryRow(ctx, "SELECT current_setting($1)", setting).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("%s = %q, want %q", setting, got, want)
+			}
+		}
+		if want := fmt.Sprintf(":%d/", srv.Port()); !strings.Contains(srv.URL(), want) {
+			t.Errorf("URL %q does not hold Port %d", srv.URL(), srv.Port())
+		}
+		conn.Close(ctx)
+		if err := srv.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if c, err := pgx.Connect(cctx, srv.URL()); err == nil {
+			c.Close(ctx)
+			t.Error("Connect after Close succeeded")
+		}
+	})
+
+	t.Run("BadSetting", func(t *testing.T) {
+		t.Parallel()
+		for _, s := range []string{"work_mem", "=1", "work_mem=1 -c fsync=off", "x='y'"} {
+			if srv, err := dbtest.StartStandalone(s); err == nil {
+				srv.Close()
+				t.Errorf("StartStandalone(%q) succeeded", s)
+			}
+		}
+	})
 }

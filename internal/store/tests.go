@@ -204,9 +204,10 @@ LIMIT $2`
 		}
 		defer rows.Close()
 		var t Test
+		dest := []any{&t.ID, &t.Name} // once, not a slice per row
 		delivered := false
 		for rows.Next() {
-			if err := rows.Scan(&t.ID, &t.Name); err != nil {
+			if err := rows.Scan(dest...); err != nil {
 				return err
 			}
 			delivered = true

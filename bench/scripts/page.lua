@@ -1,0 +1,1 @@
+-- GET /tests?limit=100 (the URL the harness gives wrk): one JSON page.

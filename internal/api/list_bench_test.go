@@ -1,0 +1,86 @@
+package api_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/dbtest"
+	"github.com/ybrest/testsapi/internal/store"
+)
+
+// BenchmarkListPage is GET /tests?limit=100 through the whole handler (the
+// middleware with a JSON access log, the store, pgx, a real PostgreSQL) on
+// one goroutine. Its time includes the database's; its allocations and
+// cpu-ns/op (this process's CPU time) are the service's own:
+//
+//	go test -run '^$' -bench ListPage -benchmem -count 10 ./internal/api
+//
+// bench/ (make bench) measures the same request under load, against the
+// database's limit.
+func BenchmarkListPage(b *testing.B) {
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(dbtest.NewSchema(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	store.ConfigurePool(cfg)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	st := store.New(pool)
+	if _, _, err := st.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	i := 0
+	rows := pgx.CopyFromFunc(func() ([]any, error) {
+		if i == 1000 {
+			return nil, nil
+		}
+		i++
+		return []any{fmt.Sprintf("seed-%07d", i)}, nil
+	})
+	if _, err := pool.CopyFrom(ctx, pgx.Identifier{"test"}, []string{"name"}, rows); err != nil {
+		b.Fatal(err)
+	}
+	h := api.NewHandler(slog.New(slog.NewJSONHandler(io.Discard, nil)), st, testLimits)
+
+	req := httptest.NewRequest(http.MethodGet, "/tests?limit=100", nil)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK || rec.Body.Len() < 3000 {
+		b.Fatalf("GET /tests?limit=100: %d %.200s", rec.Code, rec.Body.Bytes())
+	}
+	b.ReportAllocs()
+	cpu0 := processCPU(b)
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/tests?limit=100", nil))
+		if rec.Code != http.StatusOK {
+			b.Fatalf("GET /tests?limit=100: %d", rec.Code)
+		}
+	}
+	// The wall time per page is mostly the round trip to PostgreSQL; the
+	// CPU time of this process is what the service itself spends.
+	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
