@@ -56,13 +56,13 @@ func CreateTableSQL(d Dialect) string {
 func (s *Store) Migrate(ctx context.Context) (Dialect, string, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return "", "", classify(err)
+		return "", "", s.classify(err)
 	}
 	defer conn.Release()
 	version := conn.Conn().PgConn().ParameterStatus("server_version")
 	d := DetectDialect(version)
 
-	if err := migrate(ctx, conn, d); err != nil {
+	if err := s.migrate(ctx, conn, d); err != nil {
 		return d, version, err
 	}
 	// Fail at start-up, not on the first request, if a table named test
@@ -76,18 +76,18 @@ WHERE false
 ON CONFLICT (name) DO NOTHING
 RETURNING id, name`
 	if _, err := conn.Exec(ctx, check); err != nil {
-		return d, version, fmt.Errorf("table test is not usable: %w", classify(err))
+		return d, version, fmt.Errorf("table test is not usable: %w", s.classify(err))
 	}
 	s.ready.Store(true)
 	return d, version, nil
 }
 
-func migrate(ctx context.Context, conn *pgxpool.Conn, d Dialect) error {
+func (s *Store) migrate(ctx context.Context, conn *pgxpool.Conn, d Dialect) error {
 	locked := true
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, schemaLock); err != nil {
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "0A000" {
-			return fmt.Errorf("lock for schema: %w", classify(err))
+			return fmt.Errorf("lock for schema: %w", s.classify(err))
 		}
 		// YugabyteDB before 2025.1 has no advisory locks; fall back to
 		// retrying the DDL below.
@@ -111,7 +111,7 @@ func migrate(ctx context.Context, conn *pgxpool.Conn, d Dialect) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("create table test: %w", classify(err))
+		return fmt.Errorf("create table test: %w", s.classify(err))
 	}
 	return nil
 }

@@ -31,7 +31,7 @@ RETURNING id, name`
 		return Test{}, fmt.Errorf("create %q: %w", name, ErrConflict)
 	}
 	if err != nil {
-		return Test{}, fmt.Errorf("create: %w", classify(err))
+		return Test{}, fmt.Errorf("create: %w", s.classify(err))
 	}
 	return t, nil
 }
@@ -81,7 +81,7 @@ RETURNING id, name`
 		return nil, fmt.Errorf("create %d rows: %w", len(names), ErrConflict)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("create %d rows: %w", len(names), classify(err))
+		return nil, fmt.Errorf("create %d rows: %w", len(names), s.classify(err))
 	}
 	return out, nil
 }
@@ -121,7 +121,7 @@ WHERE id = $1`
 		return Test{}, fmt.Errorf("get %d: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return Test{}, fmt.Errorf("get %d: %w", id, classify(err))
+		return Test{}, fmt.Errorf("get %d: %w", id, s.classify(err))
 	}
 	return t, nil
 }
@@ -193,7 +193,7 @@ LIMIT $2`
 		return fnErr
 	}
 	if err != nil {
-		return fmt.Errorf("stream after %d: %w", after, classify(err))
+		return fmt.Errorf("stream after %d: %w", after, s.classify(err))
 	}
 	return nil
 }
