@@ -21,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/metrics"
 	"github.com/ybrest/testsapi/internal/store"
 )
 
@@ -68,6 +69,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	}
 	defer pool.Close()
 	st := store.New(pool)
+	m := metrics.New()
+	m.CollectPool(pool.Stat)
+	st.ObserveErrors(m.DBError)
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -80,7 +84,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			RequestTimeout: cfg.RequestTimeout,
 			WriteTimeout:   cfg.WriteTimeout,
 			MaxExports:     cfg.MaxExports,
-		}),
+		}, api.WithMetrics(m, cfg.MetricsAddr == "")),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
@@ -94,8 +98,17 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 
 	// Serve at once, so /healthz answers and /readyz says 503 while the
 	// database comes up; the store answers 503 until the schema is ready.
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
+	servers := []*http.Server{srv}
+	if cfg.MetricsAddr != "" {
+		msrv, err := serveMetrics(log, m, cfg, serveErr)
+		if err != nil {
+			_ = srv.Close()
+			return err
+		}
+		servers = append(servers, msrv)
+	}
 	startErr := make(chan error, 1)
 	go func() { startErr <- waitForDatabase(ctx, log, st, cfg.StartupTimeout) }()
 
@@ -105,7 +118,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			return fmt.Errorf("serve: %w", err)
 		case err := <-startErr:
 			if err != nil {
-				_ = srv.Close()
+				for _, s := range servers {
+					_ = s.Close()
+				}
 				return err
 			}
 		case <-ctx.Done():
@@ -115,14 +130,40 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		// Only long exports outlive the timeout in practice; a create
-		// cut here was never acknowledged, so nothing acknowledged is lost.
-		_ = srv.Close()
-		log.Warn("shutdown timeout: closed requests still running", "timeout", cfg.ShutdownTimeout.String())
+	// The metrics server (if any) stops last, so a scrape can still see
+	// the shutdown's requests draining.
+	for _, s := range servers {
+		if err := s.Shutdown(shutdownCtx); err != nil {
+			// Only long exports outlive the timeout in practice; a create
+			// cut here was never acknowledged, so nothing acknowledged is lost.
+			_ = s.Close()
+			log.Warn("shutdown timeout: closed requests still running", "timeout", cfg.ShutdownTimeout.String())
+		}
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// serveMetrics serves GET /metrics, and nothing else, on METRICS_ADDR, a
+// port that can stay private to the scraper. Serve errors go to serveErr.
+func serveMetrics(log *slog.Logger, m *metrics.Metrics, cfg config, serveErr chan<- error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler(log))
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	go func() { serveErr <- srv.Serve(ln) }()
+	return srv, nil
 }
 
 // waitForDatabase creates the schema, retrying with capped exponential
