@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"testing"
 
@@ -199,39 +198,3 @@ func TestMetricsElsewhere(t *testing.T) {
 	h := api.NewHandler(slog.New(slog.DiscardHandler), store.New(pool), testLimits, api.WithMetrics(m, false))
 	problemOf(t, do(t, h, "GET", "/metrics", ""), http.StatusNotFound)
 }
-
-// BenchmarkMetricsMiddleware measures what the metrics middleware adds to a
-// request: the same request through the whole middleware chain (request id,
-// access log to a discarding logger, recoverer) with and without it. The
-// route is /healthz, which does no I/O, so the difference is the
-// middleware's own cost. Run: go test -run '^$' -bench MetricsMiddleware -benchmem ./internal/api
-func BenchmarkMetricsMiddleware(b *testing.B) {
-	log := slog.New(slog.DiscardHandler)
-	st := store.New(nil) // /healthz never touches the store
-	for _, c := range []struct {
-		name string
-		opts []api.Option
-	}{
-		{"without", nil},
-		{"with", []api.Option{api.WithMetrics(metrics.New(), true)}},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			h := api.NewHandler(log, st, testLimits, c.opts...)
-			req := httptest.NewRequest("GET", "/healthz", nil)
-			w := &discardWriter{header: http.Header{}}
-			b.ReportAllocs()
-			for b.Loop() {
-				clear(w.header)
-				h.ServeHTTP(w, req)
-			}
-		})
-	}
-}
-
-// discardWriter is a ResponseWriter that keeps nothing, so the benchmark
-// measures the handler rather than a recorder's buffers.
-type discardWriter struct{ header http.Header }
-
-func (w *discardWriter) Header() http.Header         { return w.header }
-func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
-func (w *discardWriter) WriteHeader(int)             {}
