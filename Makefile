@@ -1,9 +1,14 @@
-# Everyday commands. CI runs .ci/run, which does what `make lint test` does.
+# Everyday commands. CI runs .ci/run, which does what `make lint test` does and checks that `make generate`
+# changes nothing.
 
 # The YugabyteDB that docker-compose.yml publishes on localhost:5433.
 YUGABYTE_URL := postgres://yugabyte:yugabyte@localhost:5433/yugabyte?sslmode=disable
 
-.PHONY: test test-yugabyte run docker compose-up compose-cluster-up compose-down lint bench bench-smoke
+# Tools run at pinned versions with `go run pkg@version`, so they need no install step and stay out of go.mod.
+STATICCHECK := go run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+REDOCLY := npx --yes @redocly/cli@2.77.0
+
+.PHONY: test test-yugabyte run dev docker compose-up compose-cluster-up compose-down lint generate bench bench-smoke
 
 ## test: the whole suite on a throwaway PostgreSQL (or on TEST_DATABASE_URL if set)
 test:
@@ -17,6 +22,14 @@ test-yugabyte:
 ## run: the server on this machine, against DATABASE_URL (default: localhost:5433)
 run:
 	go run ./cmd/server
+
+## dev: a throwaway PostgreSQL (from this machine's server binaries) and the server on 127.0.0.1:8080; Ctrl-C stops and deletes both
+dev:
+	scripts/dev.sh
+
+## generate: regenerate the Go client (internal/apiclient) from openapi.yaml; CI fails if this changes the tree
+generate:
+	go generate ./...
 
 ## docker: the image, as docker-compose.yml builds it
 docker:
@@ -44,9 +57,10 @@ bench:
 bench-smoke:
 	go run ./bench -smoke
 
-## lint: gofmt, go vet and the OpenAPI linter, as in .ci/run
+## lint: gofmt, go vet, staticcheck and the OpenAPI linter, as in .ci/run
 lint:
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then echo "these files need gofmt -w:" >&2; echo "$$unformatted" >&2; exit 1; fi
 	go vet ./...
-	npx --yes @redocly/cli@2.77.0 lint openapi.yaml
+	$(STATICCHECK) ./...
+	$(REDOCLY) lint openapi.yaml

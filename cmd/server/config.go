@@ -17,6 +17,7 @@ import (
 type config struct {
 	DatabaseURL       string        `envconfig:"DATABASE_URL" default:"postgres://yugabyte:yugabyte@localhost:5433/yugabyte?sslmode=disable"`
 	HTTPAddr          string        `envconfig:"HTTP_ADDR" default:":8080"`
+	MetricsAddr       string        `envconfig:"METRICS_ADDR"` // "": /metrics on HTTP_ADDR
 	DBMaxConns        int32         `envconfig:"DB_MAX_CONNS" default:"16"`
 	DBMinConns        int32         `envconfig:"DB_MIN_CONNS" default:"0"`
 	DBMaxConnLifetime time.Duration `envconfig:"DB_MAX_CONN_LIFETIME" default:"30m"`

@@ -21,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/metrics"
 	"github.com/ybrest/testsapi/internal/store"
 )
 
@@ -69,9 +70,12 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 		return fmt.Errorf("database pool: %w", err)
 	}
 	defer pool.Close()
+	m := metrics.New()
+	m.CollectPool(pool.Stat)
 	// A create waiting for its group-commit batch is bounded like a
 	// request waiting for a connection.
-	st := store.New(pool, store.QueueTimeout(cfg.DBAcquireTimeout))
+	st := store.New(pool, store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.BatchSize))
+	st.ObserveErrors(m.DBError)
 	// Deferred after pool.Close, so it runs first: creates still queued
 	// or in flight get their answer before the pool goes.
 	defer st.Close()
@@ -87,7 +91,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			RequestTimeout: cfg.RequestTimeout,
 			WriteTimeout:   cfg.WriteTimeout,
 			MaxExports:     cfg.MaxExports,
-		}, handlerOptions(cfg)...),
+		}, append(handlerOptions(cfg), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
@@ -102,8 +106,17 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 
 	// Serve at once, so /healthz answers and /readyz says 503 while the
 	// database comes up; the store answers 503 until the schema is ready.
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
+	servers := []*http.Server{srv}
+	if cfg.MetricsAddr != "" {
+		msrv, err := serveMetrics(log, m, cfg, serveErr)
+		if err != nil {
+			_ = srv.Close()
+			return err
+		}
+		servers = append(servers, msrv)
+	}
 	startErr := make(chan error, 1)
 	go func() { startErr <- waitForDatabase(ctx, log, st, cfg.StartupTimeout) }()
 
@@ -113,7 +126,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			return fmt.Errorf("serve: %w", err)
 		case err := <-startErr:
 			if err != nil {
-				_ = srv.Close()
+				for _, s := range servers {
+					_ = s.Close()
+				}
 				return err
 			}
 			go purgeKeys(ctx, log, st, cfg.IdempotencyTTL)
@@ -124,17 +139,43 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	log.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		// Only long exports outlive the timeout in practice; a create
-		// cut here was never acknowledged, so nothing acknowledged is lost.
-		_ = srv.Close()
-		log.Warn("shutdown timeout: closed requests still running", "timeout", cfg.ShutdownTimeout.String())
+	// The metrics server (if any) stops last, so a scrape can still see
+	// the shutdown's requests draining.
+	for _, s := range servers {
+		if err := s.Shutdown(shutdownCtx); err != nil {
+			// Only long exports outlive the timeout in practice; a create
+			// cut here was never acknowledged, so nothing acknowledged is lost.
+			_ = s.Close()
+			log.Warn("shutdown timeout: closed requests still running", "timeout", cfg.ShutdownTimeout.String())
+		}
 	}
 	// Every handler has returned (or was cut off): let the batches that
 	// are still running finish before the pool closes.
 	st.Close()
 	log.Info("stopped")
 	return nil
+}
+
+// serveMetrics serves GET /metrics, and nothing else, on METRICS_ADDR, a
+// port that can stay private to the scraper. Serve errors go to serveErr.
+func serveMetrics(log *slog.Logger, m *metrics.Metrics, cfg config, serveErr chan<- error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler(log))
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	go func() { serveErr <- srv.Serve(ln) }()
+	return srv, nil
 }
 
 // waitForDatabase creates the schema, retrying with capped exponential

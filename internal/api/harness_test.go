@@ -133,9 +133,8 @@ var spec struct {
 	err    error
 }
 
-// checkSpec validates res against openapi.yaml. A request for a path or
-// method the spec does not have must be answered 404 or 405 as a problem.
-func checkSpec(t *testing.T, req *http.Request, res response) {
+// specRouter returns openapi.yaml's operations, loaded once.
+func specRouter(t *testing.T) routers.Router {
 	t.Helper()
 	spec.once.Do(func() {
 		loader := openapi3.NewLoader()
@@ -153,7 +152,14 @@ func checkSpec(t *testing.T, req *http.Request, res response) {
 	if spec.err != nil {
 		t.Fatalf("openapi.yaml: %v", spec.err)
 	}
-	route, params, err := spec.router.FindRoute(req)
+	return spec.router
+}
+
+// checkSpec validates res against openapi.yaml. A request for a path or
+// method the spec does not have must be answered 404 or 405 as a problem.
+func checkSpec(t *testing.T, req *http.Request, res response) {
+	t.Helper()
+	route, params, err := specRouter(t).FindRoute(req)
 	if err != nil {
 		if res.status != http.StatusNotFound && res.status != http.StatusMethodNotAllowed {
 			t.Errorf("%s %s: not in openapi.yaml (%v) but answered %d", req.Method, req.URL, err, res.status)

@@ -12,6 +12,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	testsapi "github.com/ybrest/testsapi"
+	"github.com/ybrest/testsapi/internal/metrics"
 	"github.com/ybrest/testsapi/internal/store"
 )
 
@@ -43,6 +44,26 @@ type Option func(*options)
 type options struct {
 	token          string        // API token POST requires; "" means none
 	idempotencyTTL time.Duration // how long an Idempotency-Key is remembered
+	metrics        *metrics.Metrics
+	serveMetrics   bool
+}
+
+// WithMetrics counts and times every request in m and, when serve is true,
+// serves m at GET /metrics. serve is false when the metrics listen on an
+// address of their own (METRICS_ADDR), away from the API's clients.
+func WithMetrics(m *metrics.Metrics, serve bool) Option {
+	return func(o *options) {
+		o.metrics = m
+		o.serveMetrics = serve
+	}
+}
+
+// instrument is the metrics middleware, or nothing without metrics.
+func (o *options) instrument(next http.Handler) http.Handler {
+	if o.metrics == nil {
+		return next
+	}
+	return o.metrics.Middleware(next)
 }
 
 // NewHandler returns the service's HTTP handler: every route and its
@@ -54,8 +75,9 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	}
 	r := chi.NewRouter()
 	// GetHead answers HEAD with the GET handler (net/http drops the body),
-	// as RFC 9110 expects of every GET resource.
-	r.Use(requestID, secureHeaders, accessLog(log), recoverer(log), middleware.GetHead)
+	// as RFC 9110 expects of every GET resource. instrument sits inside the
+	// access log to reuse its response writer wrapper.
+	r.Use(requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
 
 	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
 		Post("/tests", handleTestsCreate(log, st, lim, o.idempotencyTTL).ServeHTTP)
@@ -64,6 +86,12 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	r.Get("/healthz", handleHealthz().ServeHTTP)
 	r.Get("/readyz", handleReadyz(log, st).ServeHTTP)
 	r.Get("/openapi.yaml", handleOpenAPI(testsapi.OpenAPI).ServeHTTP)
+	r.Get("/", handleRoot().ServeHTTP)
+	r.Get("/docs", handleDocs().ServeHTTP)
+	r.Get("/docs/{asset}", handleDocsAsset().ServeHTTP)
+	if o.serveMetrics {
+		r.Get("/metrics", o.metrics.Handler(log).ServeHTTP)
+	}
 
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		writeProblem(w, http.StatusNotFound, "There is no resource at this path.", nil)

@@ -82,6 +82,7 @@ type createResult struct {
 // batcher queues single-row creates and runs them in batches.
 type batcher struct {
 	insert       func(ctx context.Context, names []string) ([]Test, error)
+	classify     func(error) error // the Store's, which reports errors to ObserveErrors
 	onBatch      func(size int)
 	queueTimeout time.Duration
 
@@ -116,7 +117,7 @@ func (b *batcher) do(ctx context.Context, name string) (Test, error) {
 			case res := <-r.done: // answered as ctx ended: the answer is the truth
 				return res.t, res.err
 			default:
-				return Test{}, fmt.Errorf("create: %w", classify(ctx.Err()))
+				return Test{}, fmt.Errorf("create: %w", b.classify(ctx.Err()))
 			}
 		case <-queueTimeout:
 			b.mu.Lock()
@@ -215,7 +216,7 @@ func (b *batcher) send(batch []*createReq) {
 
 	created, err := b.insert(ctx, names)
 	if err != nil {
-		err = fmt.Errorf("create: %w", classify(err))
+		err = fmt.Errorf("create: %w", b.classify(err))
 		for _, r := range batch {
 			r.done <- createResult{err: err}
 		}

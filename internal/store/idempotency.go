@@ -124,7 +124,7 @@ WHERE key = $1`
 			return claim, Response{}, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return nil, Response{}, fmt.Errorf("claim idempotency key: %w", classify(err))
+			return nil, Response{}, fmt.Errorf("claim idempotency key: %w", s.classify(err))
 		}
 		var (
 			fingerprint []byte
@@ -138,7 +138,7 @@ WHERE key = $1`
 		case errors.Is(err, pgx.ErrNoRows):
 			continue
 		case err != nil:
-			return nil, Response{}, fmt.Errorf("read idempotency key: %w", classify(err))
+			return nil, Response{}, fmt.Errorf("read idempotency key: %w", s.classify(err))
 		case !bytes.Equal(fingerprint, k.Fingerprint):
 			return nil, Response{}, ErrKeyReused
 		case status == nil:
@@ -192,7 +192,7 @@ WHERE key = $1
 		return Response{}, err
 	}
 	if err != nil {
-		return Response{}, fmt.Errorf("create %d rows with idempotency key: %w", len(k.Names), classify(err))
+		return Response{}, fmt.Errorf("create %d rows with idempotency key: %w", len(k.Names), s.classify(err))
 	}
 	return resp, nil
 }
@@ -208,7 +208,7 @@ DELETE FROM idempotency_keys
 WHERE created_at < now() - make_interval(secs => $1)`
 	tag, err := s.pool.Exec(ctx, q, ttl.Seconds())
 	if err != nil {
-		return 0, fmt.Errorf("purge idempotency keys: %w", classify(err))
+		return 0, fmt.Errorf("purge idempotency keys: %w", s.classify(err))
 	}
 	return tag.RowsAffected(), nil
 }

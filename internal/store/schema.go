@@ -76,13 +76,13 @@ var CreateKeysSQL = []string{`CREATE TABLE IF NOT EXISTS idempotency_keys (
 func (s *Store) Migrate(ctx context.Context) (Dialect, string, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return "", "", classify(err)
+		return "", "", s.classify(err)
 	}
 	defer conn.Release()
 	version := conn.Conn().PgConn().ParameterStatus("server_version")
 	d := DetectDialect(version)
 
-	if err := migrate(ctx, conn, d); err != nil {
+	if err := s.migrate(ctx, conn, d); err != nil {
 		return d, version, err
 	}
 	// Fail at start-up, not on the first request, if a table named test
@@ -96,7 +96,7 @@ WHERE false
 ON CONFLICT (name) DO NOTHING
 RETURNING id, name`
 	if _, err := conn.Exec(ctx, check); err != nil {
-		return d, version, fmt.Errorf("table test is not usable: %w", classify(err))
+		return d, version, fmt.Errorf("table test is not usable: %w", s.classify(err))
 	}
 	const checkKeys = `
 INSERT INTO idempotency_keys (key, fingerprint, claim, status, content_type, location, body, created_at)
@@ -104,18 +104,18 @@ SELECT 'x', '', '', 0, '', '', '', now()
 WHERE false
 ON CONFLICT (key) DO NOTHING`
 	if _, err := conn.Exec(ctx, checkKeys); err != nil {
-		return d, version, fmt.Errorf("table idempotency_keys is not usable: %w", classify(err))
+		return d, version, fmt.Errorf("table idempotency_keys is not usable: %w", s.classify(err))
 	}
 	s.ready.Store(true)
 	return d, version, nil
 }
 
-func migrate(ctx context.Context, conn *pgxpool.Conn, d Dialect) error {
+func (s *Store) migrate(ctx context.Context, conn *pgxpool.Conn, d Dialect) error {
 	locked := true
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, schemaLock); err != nil {
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "0A000" {
-			return fmt.Errorf("lock for schema: %w", classify(err))
+			return fmt.Errorf("lock for schema: %w", s.classify(err))
 		}
 		// YugabyteDB before 2025.1 has no advisory locks; fall back to
 		// retrying the DDL below.
@@ -140,7 +140,7 @@ func migrate(ctx context.Context, conn *pgxpool.Conn, d Dialect) error {
 		}
 		if err != nil {
 			stmt, _, _ := strings.Cut(ddl, " (")
-			return fmt.Errorf("%s: %w", stmt, classify(err))
+			return fmt.Errorf("%s: %w", stmt, s.classify(err))
 		}
 	}
 	return nil

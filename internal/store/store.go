@@ -36,7 +36,8 @@ var (
 type Store struct {
 	pool    *pgxpool.Pool
 	ready   atomic.Bool
-	creates batcher // group commit for Create
+	creates batcher               // group commit for Create
+	onError func(sqlstate string) // see ObserveErrors; nil means nobody listens
 }
 
 // New returns a Store using pool. The pool stays the caller's to close,
@@ -44,10 +45,21 @@ type Store struct {
 func New(pool *pgxpool.Pool, opts ...Option) *Store {
 	s := &Store{pool: pool}
 	s.creates.insert = s.insertBatch
+	s.creates.classify = s.classify
 	for _, o := range opts {
 		o(s)
 	}
 	return s
+}
+
+// ObserveErrors makes the store call fn with the SQLSTATE of every database
+// error it returns ("" for errors with none: the server was unreachable or
+// too slow), so that metrics can count them without the store knowing about
+// metrics. A client that went away is not a database error and is not
+// reported. Call it before the store is used; fn must be safe for
+// concurrent use.
+func (s *Store) ObserveErrors(fn func(sqlstate string)) {
+	s.onError = fn
 }
 
 // errNotMigrated is returned before Migrate has succeeded.
@@ -58,13 +70,13 @@ func (s *Store) Ping(ctx context.Context) error {
 	if !s.ready.Load() {
 		return errNotMigrated
 	}
-	return classify(s.pool.Ping(ctx))
+	return s.classify(s.pool.Ping(ctx))
 }
 
 // classify maps driver and server errors to the package's sentinels, keeping
 // the original error in the chain for logs. It is the one place that reads
-// SQLSTATE codes.
-func classify(err error) error {
+// SQLSTATE codes, and the one that reports them to ObserveErrors.
+func (s *Store) classify(err error) error {
 	if err == nil {
 		return nil
 	}
@@ -73,7 +85,15 @@ func classify(err error) error {
 		return err
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
+	isPg := errors.As(err, &pgErr)
+	if s.onError != nil {
+		code := ""
+		if isPg {
+			code = pgErr.Code
+		}
+		s.onError(code)
+	}
+	if isPg {
 		switch {
 		case transient(pgErr.Code):
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)

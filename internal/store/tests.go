@@ -52,7 +52,7 @@ RETURNING id, name`
 		return Test{}, fmt.Errorf("create %q: %w", name, ErrConflict)
 	}
 	if err != nil {
-		return Test{}, fmt.Errorf("create: %w", classify(err))
+		return Test{}, fmt.Errorf("create: %w", s.classify(err))
 	}
 	return t, nil
 }
@@ -97,7 +97,7 @@ func (s *Store) CreateMany(ctx context.Context, names []string) ([]Test, error) 
 		return nil, fmt.Errorf("create %d rows: %w", len(names), ErrConflict)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("create %d rows: %w", len(names), classify(err))
+		return nil, fmt.Errorf("create %d rows: %w", len(names), s.classify(err))
 	}
 	return out, nil
 }
@@ -152,7 +152,7 @@ WHERE id = $1`
 		return Test{}, fmt.Errorf("get %d: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return Test{}, fmt.Errorf("get %d: %w", id, classify(err))
+		return Test{}, fmt.Errorf("get %d: %w", id, s.classify(err))
 	}
 	return t, nil
 }
@@ -225,7 +225,7 @@ LIMIT $2`
 		return fnErr
 	}
 	if err != nil {
-		return fmt.Errorf("stream after %d: %w", after, classify(err))
+		return fmt.Errorf("stream after %d: %w", after, s.classify(err))
 	}
 	return nil
 }

@@ -1,0 +1,194 @@
+// Package metrics exposes the service's Prometheus metrics: HTTP requests
+// by route pattern, method and status, requests in flight, the database
+// pool's statistics, and database errors by SQLSTATE class, beside the Go
+// runtime and process metrics. Everything lives in a registry of its own,
+// never Prometheus' global one, so tests and several handlers in one process
+// do not share counters.
+package metrics
+
+import (
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// namespace prefixes every metric the service defines itself.
+const namespace = "testsapi"
+
+// Metrics holds the registry and the service's own metrics.
+type Metrics struct {
+	reg      *prometheus.Registry
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	inFlight prometheus.Gauge
+	dbErrors *prometheus.CounterVec
+	batches  prometheus.Histogram
+
+	// series caches each label set's counter and histogram: one map
+	// lookup per request instead of two label hashes and validations.
+	mu     sync.RWMutex
+	series map[seriesKey]series
+}
+
+type seriesKey struct {
+	method, route string
+	status        int
+}
+
+type series struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+// New returns a registry with the Go and process collectors and the
+// service's HTTP and database error metrics. The pool's statistics are added
+// by CollectPool.
+func New() *Metrics {
+	labels := []string{"method", "route", "status"}
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "http_requests_total",
+			Help:      "HTTP requests answered, by method, route pattern (not raw path) and status.",
+		}, labels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "http_request_duration_seconds",
+			Help:      "Time from the request reaching the router to the handler's return, by method, route pattern and status.",
+			// DefBuckets (5 ms to 10 s) end at the default REQUEST_TIMEOUT.
+			Buckets: prometheus.DefBuckets,
+		}, labels),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "http_requests_in_flight",
+			Help:      "HTTP requests being served now.",
+		}),
+		dbErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "db_errors_total",
+			Help: "Database errors the store returned, by SQLSTATE class (the code's first two characters; " +
+				`"none" when there was no answer from the server: unreachable, connection lost, or timed out).`,
+		}, []string{"class"}),
+		batches: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "create_batch_size",
+			Help:      "Single creates sent together in one group-commit statement.",
+			// 1 to 256 (the store's largest batch), doubling.
+			Buckets: prometheus.ExponentialBuckets(1, 2, 9),
+		}),
+		series: map[seriesKey]series{},
+	}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.requests, m.duration, m.inFlight, m.dbErrors, m.batches,
+	)
+	return m
+}
+
+// Registerer is where other parts of the service add their own collectors.
+func (m *Metrics) Registerer() prometheus.Registerer { return m.reg }
+
+// Gatherer reads the registry, as Handler does for a scrape.
+func (m *Metrics) Gatherer() prometheus.Gatherer { return m.reg }
+
+// Handler serves the registry in the Prometheus text format. Errors
+// gathering a metric are logged and the rest is served.
+func (m *Metrics) Handler(log *slog.Logger) http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelError),
+		ErrorHandling: promhttp.ContinueOnError,
+		Registry:      m.reg, // counts its own errors in promhttp_metric_handler_errors_total
+	})
+}
+
+// DBError counts one database error; sqlstate is "" for an error that has
+// none. Pass it to store.ObserveErrors.
+func (m *Metrics) DBError(sqlstate string) {
+	class := "none"
+	if len(sqlstate) == 5 {
+		class = sqlstate[:2]
+	}
+	m.dbErrors.WithLabelValues(class).Inc()
+}
+
+// BatchSize records the size of one group-commit batch. Pass it to
+// store.OnBatch.
+func (m *Metrics) BatchSize(size int) {
+	m.batches.Observe(float64(size))
+}
+
+// Middleware counts and times every request by method, route pattern and
+// status. It belongs after chi's router has matched (any r.Use middleware
+// qualifies: the pattern is read after the handler returns). The route is
+// the pattern, such as /tests/{id}, so ids never become label values;
+// requests that match no route are labelled "unmatched".
+func (m *Metrics) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		m.inFlight.Inc()
+		// Reuse the access log's wrapper when there is one: no second
+		// allocation on every request.
+		ww, ok := w.(middleware.WrapResponseWriter)
+		if !ok {
+			ww = middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		}
+		defer func() {
+			m.inFlight.Dec()
+			route := "unmatched"
+			if rc := chi.RouteContext(r.Context()); rc != nil {
+				if p := rc.RoutePattern(); p != "" {
+					route = p
+				}
+			}
+			status := ww.Status()
+			if status == 0 {
+				status = http.StatusOK // a handler that wrote nothing
+			}
+			s := m.seriesFor(seriesKey{methodLabel(r.Method), route, status})
+			s.requests.Inc()
+			s.duration.Observe(time.Since(start).Seconds())
+		}()
+		next.ServeHTTP(ww, r)
+	})
+}
+
+// seriesFor returns the metrics of one label set, creating them on first
+// use.
+func (m *Metrics) seriesFor(k seriesKey) series {
+	m.mu.RLock()
+	s, ok := m.series[k]
+	m.mu.RUnlock()
+	if ok {
+		return s
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	code := strconv.Itoa(k.status)
+	s = series{
+		requests: m.requests.WithLabelValues(k.method, k.route, code),
+		duration: m.duration.WithLabelValues(k.method, k.route, code),
+	}
+	m.series[k] = s
+	return s
+}
+
+// methodLabel keeps the method label's values few: a client can send any
+// token as a method.
+func methodLabel(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return method
+	}
+	return "OTHER"
+}
