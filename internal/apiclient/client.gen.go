@@ -504,7 +504,8 @@ type ClientInterface interface {
 	// (`testsapi_http_requests_total`,
 	// `testsapi_http_request_duration_seconds`), requests in flight, the
 	// database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
-	// class (`testsapi_db_errors_total`), and the Go runtime and process
+	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
+	// (`testsapi_create_batch_size`), and the Go runtime and process
 	// metrics.
 	//
 	// When the service is started with `METRICS_ADDR`, the metrics are
@@ -719,7 +720,8 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // (`testsapi_http_requests_total`,
 // `testsapi_http_request_duration_seconds`), requests in flight, the
 // database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
-// class (`testsapi_db_errors_total`), and the Go runtime and process
+// class (`testsapi_db_errors_total`), the sizes of group-commit batches
+// (`testsapi_create_batch_size`), and the Go runtime and process
 // metrics.
 //
 // When the service is started with `METRICS_ADDR`, the metrics are
@@ -1366,7 +1368,8 @@ type ClientWithResponsesInterface interface {
 	// (`testsapi_http_requests_total`,
 	// `testsapi_http_request_duration_seconds`), requests in flight, the
 	// database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
-	// class (`testsapi_db_errors_total`), and the Go runtime and process
+	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
+	// (`testsapi_create_batch_size`), and the Go runtime and process
 	// metrics.
 	//
 	// When the service is started with `METRICS_ADDR`, the metrics are
@@ -2438,7 +2441,8 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 // (`testsapi_http_requests_total`,
 // `testsapi_http_request_duration_seconds`), requests in flight, the
 // database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
-// class (`testsapi_db_errors_total`), and the Go runtime and process
+// class (`testsapi_db_errors_total`), the sizes of group-commit batches
+// (`testsapi_create_batch_size`), and the Go runtime and process
 // metrics.
 //
 // When the service is started with `METRICS_ADDR`, the metrics are

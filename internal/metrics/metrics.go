@@ -95,9 +95,6 @@ func New() *Metrics {
 	return m
 }
 
-// Registerer is where other parts of the service add their own collectors.
-func (m *Metrics) Registerer() prometheus.Registerer { return m.reg }
-
 // Gatherer reads the registry, as Handler does for a scrape.
 func (m *Metrics) Gatherer() prometheus.Gatherer { return m.reg }
 
