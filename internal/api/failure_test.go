@@ -204,6 +204,24 @@ func TestExportStalledDatabase(t *testing.T) {
 	}
 }
 
+// lateRowStore's first row comes just as the first-row timeout fires.
+type lateRowStore struct{ failingStore }
+
+func (lateRowStore) Stream(ctx context.Context, _ int64, _ int, fn func(store.Test) error) error {
+	<-ctx.Done()
+	return fn(store.Test{ID: 1, Name: "late"})
+}
+
+// TestExportFirstRowAtTimeout: a first row that arrives as the first-row
+// timeout fires still gets the 503 problem, not a 200 cut off mid-way.
+func TestExportFirstRowAtTimeout(t *testing.T) {
+	t.Parallel()
+	lim := testLimits
+	lim.RequestTimeout = 100 * time.Millisecond
+	h := api.NewHandler(slog.New(slog.DiscardHandler), lateRowStore{}, lim)
+	problemOf(t, do(t, h, "GET", "/tests", "", "Accept", "text/csv"), http.StatusServiceUnavailable)
+}
+
 // TestExportCap: exports beyond MaxExports get a 503 at once instead of
 // taking more database connections.
 func TestExportCap(t *testing.T) {

@@ -235,12 +235,9 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 		return bw.Flush()
 	}
-	started := false
-	start := func() bool {
+	started := false // the status and headers are written
+	start := func() {
 		started = true
-		if !firstRow.Stop() {
-			return false // the timeout fired first: ctx is cancelled
-		}
 		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 		w.Header().Set("Content-Type", media+"; charset=utf-8")
 		if media == mediaCSV {
@@ -248,11 +245,15 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 			_, _ = bw.WriteString("id,name\r\n")
 		}
 		w.WriteHeader(http.StatusOK)
-		return true
 	}
 	err := st.Stream(ctx, after, limit, func(t store.Test) error {
-		if !started && !start() {
-			return context.DeadlineExceeded
+		if !started {
+			if !firstRow.Stop() {
+				// The timeout fired as the row came: nothing is sent yet,
+				// so the client gets the timeout's 503.
+				return context.DeadlineExceeded
+			}
+			start()
 		}
 		// Each line is appended straight into bw's free space, so it is
 		// neither allocated nor copied (unless it is longer than the space
@@ -279,7 +280,9 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 			respond(log, w, r, err)
 			return
 		}
-		start() // an empty result: just the CSV header or nothing
+		// An empty result, complete even if the timeout fired meanwhile:
+		// just the CSV header, or nothing.
+		start()
 	}
 	if err == nil {
 		err = flush()
