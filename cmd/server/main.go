@@ -43,6 +43,9 @@ func main() {
 	}
 }
 
+// logFlushInterval is how often buffered log lines are written out.
+const logFlushInterval = 100 * time.Millisecond
+
 // run serves until ctx is done, then shuts down gracefully. stopSignals
 // restores default signal handling once shutdown begins, so a second
 // Ctrl-C kills at once.
@@ -51,7 +54,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	lw := newLogWriter(stdout, logFlushInterval)
+	defer lw.Close() // deferred first, so it runs last: after "stopped"
+	log := slog.New(slog.NewJSONHandler(lw, &slog.HandlerOptions{Level: cfg.LogLevel}))
 
 	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
