@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -123,6 +125,67 @@ func TestStreamFailureAborts(t *testing.T) {
 			t.Fatalf("%s: status %d, read error %v after %d bytes; want 200 and a failed read", accept, res.StatusCode, err, len(body))
 		}
 	}
+}
+
+// panicStore panics after its first row, once an export has begun.
+type panicStore struct{ failingStore }
+
+func (panicStore) Stream(_ context.Context, _ int64, _ int, fn func(store.Test) error) error {
+	for i := range 5000 { // past the first flush, so the status is sent
+		if err := fn(store.Test{ID: int32(i + 1), Name: "row"}); err != nil {
+			return err
+		}
+	}
+	panic("a bug after the response began")
+}
+
+// TestPanicAfterResponseBegan: a panic once the status is sent cuts the
+// connection, and is still logged with its stack; an unmatched path is
+// logged with the route "unmatched", as the metrics label it.
+func TestPanicAfterResponseBegan(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	srv := httptest.NewServer(api.NewHandler(slog.New(slog.NewJSONHandler(&logs, nil)), panicStore{}, testLimits))
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/tests", nil)
+	req.Header.Set("Accept", "application/x-ndjson")
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(res.Body)
+	res.Body.Close()
+	if err == nil {
+		t.Fatal("an export that panicked midway read as complete")
+	}
+	if res, err := srv.Client().Get(srv.URL + "/no/such/path"); err == nil {
+		res.Body.Close()
+	}
+	srv.Close() // every handler has returned: the log is complete
+	out := logs.String()
+	for _, want := range []string{`"msg":"panic"`, `"panic":"a bug after the response began"`, `"stack":"goroutine`, `"route":"unmatched"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestRequestTimeout holds a lock the insert needs: the request must end

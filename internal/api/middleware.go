@@ -8,8 +8,8 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/ybrest/testsapi/internal/metrics"
 )
 
 // secureHeaders sets headers every response carries. No Server header is
@@ -35,7 +35,7 @@ func accessLog(log *slog.Logger) func(http.Handler) http.Handler {
 				if status == 0 {
 					status = http.StatusOK // a handler that wrote nothing (or aborted before writing)
 				}
-				route := chi.RouteContext(r.Context()).RoutePattern()
+				route := metrics.Route(r)
 				log.LogAttrs(r.Context(), slog.LevelInfo, "request",
 					slog.String("request_id", middleware.GetReqID(r.Context())),
 					slog.String("method", r.Method),
@@ -65,13 +65,16 @@ func recoverer(log *slog.Logger) func(http.Handler) http.Handler {
 				if rec == nil {
 					return
 				}
-				if rec == http.ErrAbortHandler || ww.Status() != 0 {
-					panic(http.ErrAbortHandler)
+				if rec == http.ErrAbortHandler {
+					panic(rec)
 				}
 				log.LogAttrs(r.Context(), slog.LevelError, "panic",
 					slog.String("request_id", middleware.GetReqID(r.Context())),
 					slog.String("panic", fmt.Sprint(rec)),
 					slog.String("stack", string(debug.Stack())))
+				if ww.Status() != 0 {
+					panic(http.ErrAbortHandler) // the response has begun: cut it
+				}
 				writeProblem(ww, http.StatusInternalServerError, "An internal error occurred.", nil)
 			}()
 			next.ServeHTTP(ww, r)

@@ -141,12 +141,7 @@ func (m *Metrics) Middleware(next http.Handler) http.Handler {
 		}
 		defer func() {
 			m.inFlight.Dec()
-			route := "unmatched"
-			if rc := chi.RouteContext(r.Context()); rc != nil {
-				if p := rc.RoutePattern(); p != "" {
-					route = p
-				}
-			}
+			route := Route(r)
 			status := ww.Status()
 			if status == 0 {
 				status = http.StatusOK // a handler that wrote nothing
@@ -188,4 +183,16 @@ func methodLabel(method string) string {
 		return method
 	}
 	return "OTHER"
+}
+
+// Route is r's route pattern, such as /tests/{id}, for labels and logs;
+// "unmatched" for a request that matched no route (a 404, or a 405 on a
+// path that exists for other methods). Read it once the router has run.
+func Route(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		if p := rc.RoutePattern(); p != "" {
+			return p
+		}
+	}
+	return "unmatched"
 }
