@@ -18,6 +18,7 @@ func TestMetricsOnHTTPAddr(t *testing.T) {
 	p := startReady(t, dbtest.NewSchema(t))
 	bob := mustCreate(t, p, "Bob")
 	p.mustDo(t, http.MethodGet, "/tests/"+strconv.Itoa(int(bob.ID)), "")
+	p.mustDo(t, http.MethodGet, "/tests", "")
 
 	r := p.mustDo(t, http.MethodGet, "/metrics", "")
 	if r.status != http.StatusOK {
@@ -28,6 +29,7 @@ func TestMetricsOnHTTPAddr(t *testing.T) {
 		`testsapi_http_requests_total{method="POST",route="/tests",status="201"} 1`,
 		`testsapi_db_pool_max_conns 16`,
 		"testsapi_create_batch_size_bucket{le=\"1\"} 1\n", // Bob's create, a batch of one
+		"testsapi_page_read_shared_count 1\n",             // the page below, alone on its query
 		`go_goroutines `,
 		`process_resident_memory_bytes `,
 	} {

@@ -505,7 +505,8 @@ type ClientInterface interface {
 	// `testsapi_http_request_duration_seconds`), requests in flight, the
 	// database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
-	// (`testsapi_create_batch_size`), and the Go runtime and process
+	// (`testsapi_create_batch_size`), the pages one page query answered
+	// (`testsapi_page_read_shared`), and the Go runtime and process
 	// metrics.
 	//
 	// When the service is started with `METRICS_ADDR`, the metrics are
@@ -721,7 +722,8 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // `testsapi_http_request_duration_seconds`), requests in flight, the
 // database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 // class (`testsapi_db_errors_total`), the sizes of group-commit batches
-// (`testsapi_create_batch_size`), and the Go runtime and process
+// (`testsapi_create_batch_size`), the pages one page query answered
+// (`testsapi_page_read_shared`), and the Go runtime and process
 // metrics.
 //
 // When the service is started with `METRICS_ADDR`, the metrics are
@@ -1369,7 +1371,8 @@ type ClientWithResponsesInterface interface {
 	// `testsapi_http_request_duration_seconds`), requests in flight, the
 	// database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
-	// (`testsapi_create_batch_size`), and the Go runtime and process
+	// (`testsapi_create_batch_size`), the pages one page query answered
+	// (`testsapi_page_read_shared`), and the Go runtime and process
 	// metrics.
 	//
 	// When the service is started with `METRICS_ADDR`, the metrics are
@@ -2442,7 +2445,8 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 // `testsapi_http_request_duration_seconds`), requests in flight, the
 // database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 // class (`testsapi_db_errors_total`), the sizes of group-commit batches
-// (`testsapi_create_batch_size`), and the Go runtime and process
+// (`testsapi_create_batch_size`), the pages one page query answered
+// (`testsapi_page_read_shared`), and the Go runtime and process
 // metrics.
 //
 // When the service is started with `METRICS_ADDR`, the metrics are

@@ -31,6 +31,7 @@ type Metrics struct {
 	inFlight prometheus.Gauge
 	dbErrors *prometheus.CounterVec
 	batches  prometheus.Histogram
+	pages    prometheus.Histogram
 
 	// series caches each label set's counter and histogram: one map
 	// lookup per request instead of two label hashes and validations.
@@ -85,12 +86,18 @@ func New() *Metrics {
 			// 1 to 256 (the store's largest batch), doubling.
 			Buckets: prometheus.ExponentialBuckets(1, 2, 9),
 		}),
+		pages: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "page_read_shared",
+			Help:      "GET /tests JSON pages answered by one shared page query.",
+			Buckets:   prometheus.ExponentialBuckets(1, 2, 9),
+		}),
 		series: map[seriesKey]series{},
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests, m.duration, m.inFlight, m.dbErrors, m.batches,
+		m.requests, m.duration, m.inFlight, m.dbErrors, m.batches, m.pages,
 	)
 	return m
 }
@@ -122,6 +129,12 @@ func (m *Metrics) DBError(sqlstate string) {
 // store.OnBatch.
 func (m *Metrics) BatchSize(size int) {
 	m.batches.Observe(float64(size))
+}
+
+// PageReaders records how many page requests one page query answered.
+// Pass it to store.OnPageRead.
+func (m *Metrics) PageReaders(n int) {
+	m.pages.Observe(float64(n))
 }
 
 // Middleware counts and times every request by method, route pattern and

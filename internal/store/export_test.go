@@ -1,5 +1,7 @@
 package store
 
+import "context"
+
 // Group-commit internals for the tests in package store_test.
 const (
 	MaxBatchSize = maxBatchSize
@@ -11,4 +13,22 @@ func (s *Store) Queued() int {
 	s.creates.mu.Lock()
 	defer s.creates.mu.Unlock()
 	return len(s.creates.queue)
+}
+
+// PageReadFunc is the query List's coalescing runs.
+type PageReadFunc = func(ctx context.Context, after int64, limit int) ([]Test, error)
+
+// WrapPageRead wraps that query, for tests that hold or watch it.
+func (s *Store) WrapPageRead(wrap func(next PageReadFunc) PageReadFunc) {
+	s.pages.read = wrap(s.pages.read)
+}
+
+// PageWaiting returns how many Lists of the page wait for its next query.
+func (s *Store) PageWaiting(after int64, limit int) int {
+	s.pages.mu.Lock()
+	defer s.pages.mu.Unlock()
+	if f := s.pages.flights[pageKey{after, limit}]; f != nil && f.next != nil {
+		return int(f.next.waiting.Load())
+	}
+	return 0
 }

@@ -37,6 +37,7 @@ type Store struct {
 	pool    *pgxpool.Pool
 	ready   atomic.Bool
 	creates batcher               // group commit for Create
+	pages   pageReader            // coalesced reads for List
 	onError func(sqlstate string) // see ObserveErrors; nil means nobody listens
 }
 
@@ -46,6 +47,8 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 	s := &Store{pool: pool}
 	s.creates.insert = s.insertBatch
 	s.creates.classify = s.classify
+	s.pages.read = s.list
+	s.pages.classify = s.classify
 	for _, o := range opts {
 		o(s)
 	}

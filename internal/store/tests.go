@@ -158,8 +158,15 @@ WHERE id = $1`
 }
 
 // List returns up to limit rows with id greater than after, in id order.
-// It collects the rows: callers bound limit.
+// It collects the rows: callers bound limit. Concurrent Lists of the same
+// page share one query that started after each of them was called (see
+// pages.go), so the rows are shared too: callers must not modify them.
 func (s *Store) List(ctx context.Context, after int64, limit int) ([]Test, error) {
+	return s.pages.do(ctx, pageKey{after, limit})
+}
+
+// list runs the query for one List.
+func (s *Store) list(ctx context.Context, after int64, limit int) ([]Test, error) {
 	out := make([]Test, 0, min(limit, 1000))
 	err := s.Stream(ctx, after, limit, func(t Test) error {
 		out = append(out, t)
