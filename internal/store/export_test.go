@@ -12,3 +12,6 @@ func (s *Store) Queued() int {
 	defer s.creates.mu.Unlock()
 	return len(s.creates.queue)
 }
+
+// CollectCreated is collectCreated, for a test of rows out of input order.
+var CollectCreated = collectCreated

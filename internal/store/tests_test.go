@@ -247,3 +247,41 @@ func TestCreateOnceAllOrNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestCollectCreated: the rows an insert returns come back in input order
+// whatever order the database sends them in; when some are missing (a
+// taken name), fewer come back.
+func TestCollectCreated(t *testing.T) {
+	t.Parallel()
+	_, pool := mustMigrated(t)
+	names := []string{"a", "b", "c"}
+	want := []store.Test{{ID: 1, Name: "a"}, {ID: 2, Name: "b"}, {ID: 3, Name: "c"}}
+	tests := []struct {
+		name string
+		sent []store.Test // the rows, in the order the database sends them
+		want []store.Test
+	}{
+		{"InOrder", want, want},
+		{"Reversed", []store.Test{want[2], want[1], want[0]}, want},
+		{"LastTwoSwapped", []store.Test{want[0], want[2], want[1]}, want},
+		{"Fewer", []store.Test{want[0], want[2]}, []store.Test{want[0], want[2]}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var ids []int32
+			var sent []string
+			for _, r := range tc.sent {
+				ids, sent = append(ids, r.ID), append(sent, r.Name)
+			}
+			const q = `SELECT id, name FROM unnest($1::int[], $2::text[]) WITH ORDINALITY AS r(id, name, ord) ORDER BY ord`
+			rows, _ := pool.Query(t.Context(), q, ids, sent)
+			got, err := store.CollectCreated(rows, names)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("rows (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
