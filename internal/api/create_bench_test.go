@@ -2,46 +2,25 @@ package api_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/ybrest/testsapi/internal/api"
 	"github.com/ybrest/testsapi/internal/dbtest"
-	"github.com/ybrest/testsapi/internal/store"
 )
 
 // BenchmarkCreateMany is one POST /tests of a 1,000-name array, as the
-// bulk import of bench/ sends, through the whole handler (middleware with a
-// JSON access log, decoding, the store, pgx, a real PostgreSQL) on one
-// goroutine. Its time includes the database's; its allocations and
-// cpu-ns/op (this process's CPU time) are the service's own:
+// bulk import of bench/ sends, through the whole handler (middleware,
+// decoding, the store, pgx, a real PostgreSQL) on one goroutine. Its time
+// includes the database's; its allocations and cpu-ns/op (this process's
+// CPU time) are the service's own:
 //
 //	go test -run '^$' -bench CreateMany -benchmem -count 10 ./internal/api
 func BenchmarkCreateMany(b *testing.B) {
-	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(dbtest.NewSchema(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	store.ConfigurePool(cfg)
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Close)
-	st := store.New(pool)
-	if _, _, err := st.Migrate(ctx); err != nil {
-		b.Fatal(err)
-	}
 	lim := testLimits
 	lim.MaxBatch, lim.MaxBodyBytes = 1000, 1<<20
-	h := api.NewHandler(slog.New(slog.NewJSONHandler(io.Discard, nil)), st, lim)
+	h := mustEnvURL(b, dbtest.NewSchema(b), lim).h
 
 	// The bodies are made before the clock starts, each with new names.
 	bodies := make([][]byte, 0, 64)
