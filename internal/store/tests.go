@@ -76,8 +76,9 @@ RETURNING id, name`
 // insertNewNames is insertNames for names that must all be new: any taken
 // name fails the whole statement with a unique violation. Without ON
 // CONFLICT the database does much less per row (no speculative insertion:
-// index probe, insert, then confirm): in the bulk-import benchmark about 10
-// µs of its CPU per row against 15 (BENCHMARKS.md).
+// index probe, insert, then confirm): about 10 µs of its CPU per row
+// against 16 in the bulk import (go run ./bench -only import -compare,
+// both statements round-robin).
 const insertNewNames = `
 INSERT INTO test (name)
 SELECT name
