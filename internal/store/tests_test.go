@@ -190,7 +190,7 @@ func TestCreateManyAfterExplicitIDs(t *testing.T) {
 
 // TestCreateOnceAllOrNothing: with an idempotency key the rows go in with
 // the key's answer, all or none: a stored or repeated name keeps a 409 and
-// stores no row; an id collision is retried.
+// stores no row; an id collision is retried, once or again.
 func TestCreateOnceAllOrNothing(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -203,6 +203,7 @@ func TestCreateOnceAllOrNothing(t *testing.T) {
 		{"StoredName", func(n []string) { n[500] = "a" }, nil, true},
 		{"Repeated", func(n []string) { n[999] = n[0] }, nil, true},
 		{"ExplicitID", func([]string) {}, []int32{3}, false},
+		{"ExplicitIDTwice", func([]string) {}, []int32{3, 600}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
