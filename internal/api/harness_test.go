@@ -48,7 +48,7 @@ func mustEnv(t *testing.T) *env {
 	return mustEnvURL(t, dbtest.NewSchema(t), testLimits)
 }
 
-func mustEnvURL(t *testing.T, url string, lim api.Limits) *env {
+func mustEnvURL(t testing.TB, url string, lim api.Limits) *env {
 	t.Helper()
 	pool := mustPool(t, url)
 	st := store.New(pool)
@@ -58,7 +58,7 @@ func mustEnvURL(t *testing.T, url string, lim api.Limits) *env {
 	return &env{h: api.NewHandler(slog.New(slog.DiscardHandler), st, lim), pool: pool, st: st}
 }
 
-func mustPool(t *testing.T, url string) *pgxpool.Pool {
+func mustPool(t testing.TB, url string) *pgxpool.Pool {
 	t.Helper()
 	// Connections set up as cmd/server sets them up.
 	cfg, err := pgxpool.ParseConfig(url)

@@ -123,6 +123,15 @@ func (t newTest) problems(pointer string) []fieldError {
 // object; malformed input is a 400, invalid names or sizes a 422 listing
 // every problem.
 func parseCreate(body []byte, maxItems int) (names []string, single bool, err error) {
+	if names, single, ok := parseCreateFast(body, maxItems); ok {
+		return names, single, nil
+	}
+	return parseCreateFull(body, maxItems)
+}
+
+// parseCreateFull is parseCreate with encoding/json: it takes every body
+// and gives every error.
+func parseCreateFull(body []byte, maxItems int) (names []string, single bool, err error) {
 	var items []newTest
 	switch first(body) {
 	case '{':

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/dbtest"
@@ -185,18 +184,7 @@ func (e *batchEnv) behindLock(t *testing.T, names ...string) []result {
 // stored returns the names in table test with their ids.
 func (e *batchEnv) stored(t *testing.T) map[string]int32 {
 	t.Helper()
-	rows, _ := e.pool.Query(t.Context(), `SELECT name, id FROM test`)
-	out := map[string]int32{}
-	var name string
-	var id int32
-	_, err := pgx.ForEachRow(rows, []any{&name, &id}, func() error {
-		out[name] = id
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return storedRows(t, e.pool)
 }
 
 // wantBatches checks the batch sizes after the blockers' batches.

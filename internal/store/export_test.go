@@ -32,3 +32,6 @@ func (s *Store) PageWaiting(after int64, limit int) int {
 	}
 	return 0
 }
+
+// CollectCreated is collectCreated, for a test of rows out of input order.
+var CollectCreated = collectCreated
