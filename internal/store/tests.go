@@ -36,27 +36,17 @@ func batchable(name string) bool {
 	return utf8.ValidString(name) && !strings.ContainsRune(name, 0) && utf8.RuneCountInString(name) <= 255
 }
 
-// createOne inserts one row by itself, outside any batch.
+// createOne inserts one row by itself, with the batch's statement but
+// outside any batch, so that its error is its own.
 func (s *Store) createOne(ctx context.Context, name string) (Test, error) {
-	// ON CONFLICT (name) targets the name's unique key only: a taken name
-	// returns no row instead of an error, and any other violation (say, of
-	// the primary key) still surfaces as the error it is.
-	const q = `
-INSERT INTO test (name)
-VALUES ($1)
-ON CONFLICT (name) DO NOTHING
-RETURNING id, name`
-	var t Test
-	err := retry(ctx, func() error {
-		return s.pool.QueryRow(ctx, q, name).Scan(&t.ID, &t.Name)
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Test{}, fmt.Errorf("create %q: %w", name, ErrConflict)
-	}
+	created, err := s.insertBatch(ctx, []string{name})
 	if err != nil {
 		return Test{}, fmt.Errorf("create: %w", s.classify(err))
 	}
-	return t, nil
+	if len(created) == 0 {
+		return Test{}, fmt.Errorf("create %q: %w", name, ErrConflict)
+	}
+	return created[0], nil
 }
 
 // insertNames inserts the names of $1 and returns the rows it created: one
