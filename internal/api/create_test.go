@@ -101,6 +101,8 @@ func TestCreateBadRequest(t *testing.T) {
 		{"TrailingGarbage", `{"name": "Bob"}x`},
 		{"UnknownField", `{"name": "Bob", "age": 3}`},
 		{"OtherCaseField", `{"Name": "Bob"}`},
+		{"DuplicateField", `{"name": "Bob", "name": "Ann"}`},
+		{"DuplicateFieldEscaped", `[{"name": "Bob", "n\u0061me": "Ann"}]`},
 		{"UnknownFieldInArray", `[{"name": "Bob"}, {"nam": "Ann"}]`},
 		{"NameNumber", `{"name": 5}`},
 		{"NameObject", `{"name": {"x": 1}}`},

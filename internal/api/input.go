@@ -45,6 +45,11 @@ func (t *newTest) UnmarshalJSON(b []byte) error {
 			return &unknownFieldError{k}
 		}
 	}
+	if duplicateKey(b) {
+		// The map kept the last value; which one the client meant is
+		// anyone's guess (RFC 8259: names SHOULD be unique).
+		return &wrongTypeError{"Field \"name\" appears more than once in an item."}
+	}
 	raw, ok := fields["name"]
 	if !ok || string(raw) == "null" {
 		return nil
@@ -55,6 +60,32 @@ func (t *newTest) UnmarshalJSON(b []byte) error {
 	t.present = true
 	t.badUTF8 = !validUTF8String(raw[1 : len(raw)-1])
 	return json.Unmarshal(raw, &t.Name)
+}
+
+// duplicateKey reports whether the JSON object b holds a key twice,
+// comparing keys after unescaping.
+func duplicateKey(b []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return false
+	}
+	seen := make(map[string]bool, 1)
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		k, _ := t.(string)
+		if seen[k] {
+			return true
+		}
+		seen[k] = true
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return false
+		}
+	}
+	return false
 }
 
 // validUTF8String reports whether the body of a syntactically valid JSON
