@@ -373,7 +373,30 @@ func newInstance(fsync bool, settings ...string) (*instance, error) {
 		in.destroy("immediate") // a server pg_ctl gave up waiting for may still be running
 		return nil, err
 	}
+	if err := in.watch(); err != nil {
+		in.destroy("immediate")
+		return nil, err
+	}
 	return in, nil
+}
+
+// watch starts a watchdog that outlives this process: once the process is gone without having destroyed the
+// server (killed by a signal, a `go test -timeout` panic, os.Exit before cleanup), it stops the server and
+// removes its files, so that no orphaned PostgreSQL keeps running. After a normal destroy it finds nothing to
+// stop. It runs as the server's user, in a process group of its own so that a Ctrl-C to the tests does not
+// stop it, and without our stdout and stderr, so that `go test` does not wait for it.
+func (in *instance) watch() error {
+	script := fmt.Sprintf(`while [ -d /proc/%d ]; do sleep 1; done
+'%s' stop -m immediate -D '%s' >/dev/null 2>&1
+rm -rf '%s'`, os.Getpid(), filepath.Join(in.bin, "pg_ctl"), in.data, in.dir)
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.Dir = in.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: in.cred}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the watchdog of the %s: %w", in, err)
+	}
+	// It exits only after this process has: nothing here waits for it.
+	return cmd.Process.Release()
 }
 
 // setup creates the directories and the cluster.

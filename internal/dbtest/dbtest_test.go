@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,7 +15,46 @@ import (
 	"github.com/ybrest/testsapi/internal/dbtest"
 )
 
-func TestMain(m *testing.M) { dbtest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv("DBTEST_ORPHAN") == "1" {
+		// TestWatchdog's child: start a server, then exit without stopping it, as a killed test would.
+		s, err := dbtest.StartStandalone()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		fmt.Println(s.URL())
+		os.Exit(0)
+	}
+	dbtest.Main(m)
+}
+
+// TestWatchdog: a test process that dies without stopping its server (killed, timed out) leaves no
+// PostgreSQL running: the server's watchdog stops it.
+func TestWatchdog(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "DBTEST_ORPHAN=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	url := strings.TrimSpace(string(out))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		conn, err := pgx.Connect(ctx, url)
+		cancel()
+		if err != nil {
+			return // stopped
+		}
+		conn.Close(context.Background())
+		if time.Now().After(deadline) {
+			t.Fatalf("the server of a test process that exited still answers at %s after 20 s", url)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
 
 // mustConnect opens a connection that is closed when the test ends.
 func mustConnect(t *testing.T, connURL string) *pgx.Conn {
