@@ -136,6 +136,12 @@ func insertAll(ctx context.Context, tx pgx.Tx, names []string) ([]Test, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(created) != len(names) {
+		// Not a conflict (that is a 23505): something on the server,
+		// such as a trigger, dropped rows. Never answer for rows that
+		// are not there.
+		return nil, fmt.Errorf("inserted %d rows of %d", len(created), len(names))
+	}
 	return created, nil
 }
 
@@ -175,7 +181,14 @@ func collectCreated(rows pgx.Rows, names []string) ([]Test, error) {
 		byName[t.Name] = t
 	}
 	for i, n := range names {
-		created[i] = byName[n]
+		t, ok := byName[n]
+		if !ok {
+			// The server stored another name than the one sent (say, a
+			// varchar cutting trailing spaces): never answer with a row
+			// that is not what was asked for.
+			return nil, fmt.Errorf("no row returned for the name %q", n)
+		}
+		created[i] = t
 	}
 	return created, nil
 }

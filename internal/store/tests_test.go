@@ -3,6 +3,7 @@ package store_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,6 +106,36 @@ func TestCreateMany(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkCreated(t, pool, names, created, nil)
+}
+
+// TestCreateManyRowsMissing: rows the server drops without an error (a
+// trigger returning NULL) fail the array, and nothing is stored; a name
+// the server changes (varchar(255) cuts trailing spaces) too.
+func TestCreateManyRowsMissing(t *testing.T) {
+	t.Parallel()
+	st, pool := mustMigrated(t)
+	const trigger = `
+CREATE FUNCTION skip_named_skip() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.name = 'skip' THEN RETURN NULL; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER skip_named_skip BEFORE INSERT ON test FOR EACH ROW EXECUTE FUNCTION skip_named_skip();`
+	if _, err := pool.Exec(t.Context(), trigger); err != nil {
+		t.Fatal(err)
+	}
+	for _, names := range [][]string{
+		{"a", "skip", "b"},
+		{"c", "x" + strings.Repeat(" ", 300)},
+	} {
+		if created, err := st.CreateMany(t.Context(), names); err == nil {
+			t.Errorf("CreateMany(%q) = %v, nil; want an error", names, created)
+		}
+	}
+	var n int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM test`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("%d rows stored (%v), want none", n, err)
+	}
 }
 
 // TestCreateManyConflict: a name already stored, wherever it is in the
