@@ -35,3 +35,10 @@ func (s *Store) PageWaiting(after int64, limit int) int {
 
 // CollectCreated is collectCreated, for a test of rows out of input order.
 var CollectCreated = collectCreated
+
+// PageFlights returns how many pages have a query running.
+func (s *Store) PageFlights() int {
+	s.pages.mu.Lock()
+	defer s.pages.mu.Unlock()
+	return len(s.pages.flights)
+}

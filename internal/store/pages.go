@@ -79,10 +79,18 @@ func (p *pageReader) do(ctx context.Context, k pageKey) ([]Test, error) {
 		p.flights[k] = f
 		pr = newPageRead()
 		pr.started = true
+		pr.waiting.Add(1) // before fly reads it
 		go p.fly(k, f, pr)
+		p.mu.Unlock()
+		return p.wait(ctx, k, pr)
 	}
 	pr.waiting.Add(1)
 	p.mu.Unlock()
+	return p.wait(ctx, k, pr)
+}
+
+// wait waits for pr's answer, or leaves pr when ctx ends first.
+func (p *pageReader) wait(ctx context.Context, k pageKey, pr *pageRead) ([]Test, error) {
 
 	select {
 	case <-pr.done:
@@ -118,9 +126,11 @@ func (p *pageReader) leave(pr *pageRead) {
 // until none is queued.
 func (p *pageReader) fly(k pageKey, f *pageFlight, pr *pageRead) {
 	for pr != nil {
-		if p.onRead != nil {
-			p.onRead(int(pr.waiting.Load()))
+		if n := pr.waiting.Load(); n > 0 && p.onRead != nil {
+			p.onRead(int(n))
 		}
+		// A query whose reads have all left already has a cancelled
+		// context and fails at once.
 		pr.rows, pr.err = p.read(pr.ctx, k.after, k.limit)
 		pr.cancel()
 		close(pr.done)

@@ -48,8 +48,17 @@ func mustPageEnv(t *testing.T) *pageEnv {
 		return func(ctx context.Context, after int64, limit int) ([]store.Test, error) {
 			rows, err := next(ctx, after, limit)
 			e.ran <- struct{}{}
-			<-e.release
-			return rows, err
+			select {
+			case <-e.release:
+				if ctx.Err() != nil {
+					return nil, ctx.Err() // cancelled while held
+				}
+				return rows, err
+			case <-ctx.Done():
+				// Cancelled, as a query still at the server would be (and
+				// nobody would release it).
+				return nil, ctx.Err()
+			}
 		}
 	})
 	if _, err := e.st.CreateMany(t.Context(), []string{"a", "b", "c"}); err != nil {
@@ -226,4 +235,51 @@ WHERE relation = 'test'::regclass
 		return -1
 	}
 	return n
+}
+
+// TestListLeaveShared: of two Lists sharing a running query, the one that
+// gives up leaves; the query goes on for the other.
+func TestListLeaveShared(t *testing.T) {
+	t.Parallel()
+	e := mustPageEnv(t)
+	first := e.list(t.Context())
+	<-e.ran
+	ctx, cancel := context.WithCancel(t.Context())
+	gone := e.joined(t, ctx, 1)[0]
+	stay := e.joined(t, t.Context(), 1)[0]
+	e.release <- struct{}{} // the first returns; gone and stay share the running query
+	<-e.ran
+	cancel()
+	if r := <-gone; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("a List that gave up: %v; want context.Canceled", r.err)
+	}
+	e.release <- struct{}{}
+	for _, ch := range []<-chan listResult{first, stay} {
+		if r := <-ch; r.err != nil || len(r.rows) != 3 {
+			t.Fatalf("a List beside one that left the running query: %v, %v", names(r.rows), r.err)
+		}
+	}
+}
+
+// TestListAbandonedQueued: a query whose Lists all left before it started
+// is never run, and nothing is left waiting.
+func TestListAbandonedQueued(t *testing.T) {
+	t.Parallel()
+	e := mustPageEnv(t)
+	first := e.list(t.Context())
+	<-e.ran
+	ctx, cancel := context.WithCancel(t.Context())
+	gone := e.joined(t, ctx, 1)[0]
+	cancel()
+	if r := <-gone; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("a List that gave up: %v; want context.Canceled", r.err)
+	}
+	e.release <- struct{}{}
+	if r := <-first; r.err != nil {
+		t.Fatal(r.err)
+	}
+	waitFor(t, "the page's flight to end", func() bool { return e.st.PageFlights() == 0 })
+	if got := e.queries(); !slices.Equal(got, []int{1}) {
+		t.Errorf("Lists per query %v, want [1]: the abandoned query ran", got)
+	}
 }
