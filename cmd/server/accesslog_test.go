@@ -28,7 +28,7 @@ func TestAccessLog(t *testing.T) {
 	// The line is written as the handler returns, possibly after the client
 	// has its response.
 	var line logEntry
-	waitFor(t, "access log line for request abc123", 10*time.Second, func() bool {
+	dbtest.WaitFor(t, "access log line for request abc123", 10*time.Second, func() bool {
 		for _, e := range p.logEntries() {
 			if e["msg"] == "request" && e["request_id"] == "abc123" {
 				line = e

@@ -211,11 +211,11 @@ func TestBlackBox(t *testing.T) {
 			t.Fatalf("stall the table: %v", err)
 		}
 	}
-	waitFor(t, "20 rows acknowledged", startWithin, ackedAtLeast(20))
+	dbtest.WaitFor(t, "20 rows acknowledged", startWithin, ackedAtLeast(20))
 	stall(1500 * time.Millisecond)
-	waitFor(t, "40 rows acknowledged", startWithin, ackedAtLeast(40))
+	dbtest.WaitFor(t, "40 rows acknowledged", startWithin, ackedAtLeast(40))
 	stall(3 * time.Second)
-	waitFor(t, "60 rows acknowledged", startWithin, ackedAtLeast(60))
+	dbtest.WaitFor(t, "60 rows acknowledged", startWithin, ackedAtLeast(60))
 	db.Stop(t)
 	time.Sleep(2 * time.Second)
 	db.Start(t)

@@ -122,14 +122,14 @@ func TestDatabaseCrashUnderLoad(t *testing.T) {
 		return len(created), unavailable, lastCreated
 	}
 
-	waitFor(t, "50 rows created before the crash", startWithin, func() bool { n, _, _ := count(); return n >= 50 })
+	dbtest.WaitFor(t, "50 rows created before the crash", startWithin, func() bool { n, _, _ := count(); return n >= 50 })
 	db.Stop(t)
 	crashedAt := time.Now()
 	time.Sleep(downFor)
-	waitFor(t, "a 503 during the outage", 10*time.Second, func() bool { _, u, _ := count(); return u > 0 })
+	dbtest.WaitFor(t, "a 503 during the outage", 10*time.Second, func() bool { _, u, _ := count(); return u > 0 })
 	db.Start(t)
 	restartedAt := time.Now()
-	waitFor(t, "a 201 after the restart", recoverWithin, func() bool { _, _, last := count(); return last.After(restartedAt) })
+	dbtest.WaitFor(t, "a 201 after the restart", recoverWithin, func() bool { _, _, last := count(); return last.After(restartedAt) })
 	_, _, firstAfter := count()
 	time.Sleep(500 * time.Millisecond) // some load on the recovered database
 	stopLoad()

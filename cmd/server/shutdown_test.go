@@ -74,7 +74,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 
 	// About a second of load, and enough rows that SIGTERM lands mid-stream.
 	time.Sleep(time.Second)
-	waitFor(t, "32 rows created", startWithin, func() bool {
+	dbtest.WaitFor(t, "32 rows created", startWithin, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(created) >= 32
@@ -189,16 +189,4 @@ func (s *slowCreate) finish() {
 		_, _ = io.WriteString(s.body, s.payload)
 		s.body.Close()
 	}()
-}
-
-// waitFor polls cond until it holds, failing the test after within.
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"github.com/ybrest/testsapi/internal/dbtest"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -133,7 +134,7 @@ func TestIdempotencyInFlight(t *testing.T) {
 	tx := lockTable(t, e.pool)
 	firstDone := make(chan response, 1)
 	go func() { firstDone <- keyed(t, e.h, "slow", `{"name": "Bob"}`) }()
-	waitUntil(t, "the first request's key claimed", 10*time.Second, func() bool { return keyRows(t, e) == 1 })
+	dbtest.WaitFor(t, "the first request's key claimed", 10*time.Second, func() bool { return keyRows(t, e) == 1 })
 
 	p := problemOf(t, keyed(t, e.h, "slow", `{"name": "Bob"}`), http.StatusConflict)
 	if !strings.Contains(p.Detail, "Idempotency-Key") {

@@ -106,19 +106,7 @@ func TestPoolExhausted(t *testing.T) {
 	}
 
 	// A little slack for the pool's own background goroutines.
-	waitUntil(t, "goroutines back to the baseline", 10*time.Second, func() bool {
+	dbtest.WaitFor(t, "goroutines back to the baseline", 10*time.Second, func() bool {
 		return runtime.NumGoroutine() <= baseline+2
 	})
-}
-
-// waitUntil polls cond until it holds, failing the test after within.
-func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -571,3 +571,16 @@ func releasePort(port int) {
 	defer ports.mu.Unlock()
 	delete(ports.inUse, port)
 }
+
+// WaitFor polls cond until it holds, and fails the test if it does not hold within the given time; what says
+// what was awaited, for the failure message.
+func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %s", what, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -100,18 +100,6 @@ func recv(t *testing.T, ch <-chan result) result {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after within.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s", what, within)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // begin starts a transaction on a connection of its own, rolled back at
 // the latest in the test's cleanup.
 func (e *batchEnv) begin(t *testing.T, sql string) func() {
@@ -139,7 +127,7 @@ func (e *batchEnv) occupyFlights(t *testing.T, ctx context.Context, prefix strin
 	for i := range store.MaxFlights {
 		sent := len(e.batches())
 		chs = append(chs, e.create(ctx, fmt.Sprintf("%s-%d", prefix, i)))
-		waitFor(t, "batch sent", func() bool { return len(e.batches()) == sent+1 })
+		dbtest.WaitFor(t, "batch sent", within, func() bool { return len(e.batches()) == sent+1 })
 	}
 	return chs
 }
@@ -152,7 +140,7 @@ func (e *batchEnv) queue(t *testing.T, ctx context.Context, names ...string) []<
 	for i, n := range names {
 		chs[i] = e.create(ctx, n)
 	}
-	waitFor(t, fmt.Sprintf("%d creates queued", len(names)), func() bool { return e.st.Queued() == before+len(names) })
+	dbtest.WaitFor(t, fmt.Sprintf("%d creates queued", len(names)), within, func() bool { return e.st.Queued() == before+len(names) })
 	return chs
 }
 
@@ -346,7 +334,7 @@ FROM generate_series(0, %d) AS i`, store.MaxFlights-1))
 	held := e.queue(t, t.Context(), "held")[0]
 	gone := e.queue(t, ctx, "gone")[0]
 	releaseBlock() // the blockers go through; the flight sends [held, gone]
-	waitFor(t, "the batch [held, gone] waiting at the server", func() bool {
+	dbtest.WaitFor(t, "the batch [held, gone] waiting at the server", within, func() bool {
 		var n int
 		err := e.pool.QueryRow(t.Context(), `
 SELECT count(*)
@@ -385,7 +373,7 @@ func TestBatchAbandoned(t *testing.T) {
 			t.Fatalf("cancelled create: %+v, %v; want context.Canceled", r.t, r.err)
 		}
 	}
-	waitFor(t, "no statement waiting for the lock", func() bool {
+	dbtest.WaitFor(t, "no statement waiting for the lock", within, func() bool {
 		var n int
 		err := e.pool.QueryRow(t.Context(), `
 SELECT count(*)
@@ -516,7 +504,7 @@ func TestBatchDatabaseDown(t *testing.T) {
 		}
 	}
 	srv.Start(t)
-	waitFor(t, "a create after the restart", func() bool {
+	dbtest.WaitFor(t, "a create after the restart", within, func() bool {
 		_, err := e.st.Create(t.Context(), "after")
 		return err == nil
 	})
@@ -542,7 +530,7 @@ func TestCloseDrains(t *testing.T) {
 	// then it is dropped from the queue).
 	probe, cancel := context.WithCancel(t.Context())
 	cancel()
-	waitFor(t, "Close refusing new creates", func() bool {
+	dbtest.WaitFor(t, "Close refusing new creates", within, func() bool {
 		_, err := e.st.Create(probe, "late")
 		return errors.Is(err, store.ErrUnavailable)
 	})

@@ -90,7 +90,7 @@ func (e *pageEnv) joined(t *testing.T, ctx context.Context, n int) []<-chan list
 	for i := range chs {
 		chs[i] = e.list(ctx)
 	}
-	waitFor(t, fmt.Sprintf("%d Lists waiting for the next query", n), func() bool {
+	dbtest.WaitFor(t, fmt.Sprintf("%d Lists waiting for the next query", n), within, func() bool {
 		return e.st.PageWaiting(0, 100) == before+n
 	})
 	return chs
@@ -215,12 +215,12 @@ func TestListLeave(t *testing.T) {
 	}
 	ctx, cancel = context.WithCancel(t.Context())
 	alone := e.list(ctx)
-	waitFor(t, "the query waiting on the lock", func() bool { return e.lockWaits(t) == 1 })
+	dbtest.WaitFor(t, "the query waiting on the lock", within, func() bool { return e.lockWaits(t) == 1 })
 	cancel()
 	if r := <-alone; !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("a List that gave up: %v; want context.Canceled", r.err)
 	}
-	waitFor(t, "the query cancelled on the server", func() bool { return e.lockWaits(t) == 0 })
+	dbtest.WaitFor(t, "the query cancelled on the server", within, func() bool { return e.lockWaits(t) == 0 })
 }
 
 // lockWaits counts the lock requests on this test's table still waiting.
@@ -278,7 +278,7 @@ func TestListAbandonedQueued(t *testing.T) {
 	if r := <-first; r.err != nil {
 		t.Fatal(r.err)
 	}
-	waitFor(t, "the page's flight to end", func() bool { return e.st.PageFlights() == 0 })
+	dbtest.WaitFor(t, "the page's flight to end", within, func() bool { return e.st.PageFlights() == 0 })
 	if got := e.queries(); !slices.Equal(got, []int{1}) {
 		t.Errorf("Lists per query %v, want [1]: the abandoned query ran", got)
 	}
