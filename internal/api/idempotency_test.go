@@ -3,7 +3,6 @@ package api_test
 import (
 	"bytes"
 	"context"
-	"github.com/ybrest/testsapi/internal/dbtest"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/dbtest"
 )
 
 // keyed sends POST /tests with an Idempotency-Key.
