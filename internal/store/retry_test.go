@@ -39,15 +39,7 @@ func TestRetryDeadlock(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	type result struct {
-		rows []store.Test
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		rows, err := st.CreateMany(ctx, []string{"a", "b"})
-		done <- result{rows, err}
-	}()
+	done := createABInBackground(ctx, st)
 	waitForLockWaiters(t, pool, 1) // the store's transaction, blocked on b
 	if _, err := other.Exec(ctx, `INSERT INTO test (name) VALUES ('a')`); err != nil {
 		t.Fatalf("the other transaction was the deadlock victim (%v); the store should have been", err)
@@ -55,10 +47,7 @@ func TestRetryDeadlock(t *testing.T) {
 	if err := other.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	res := <-done
-	if res.err != nil || len(res.rows) != 2 || res.rows[0].Name != "a" || res.rows[1].Name != "b" {
-		t.Fatalf("CreateMany after a deadlock: %+v, %v; want a and b created on retry", res.rows, res.err)
-	}
+	wantAB(t, "CreateMany after a deadlock", <-done)
 }
 
 // TestRetrySerializationFailure provokes a real serialization failure
@@ -99,15 +88,7 @@ func TestRetrySerializationFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	type result struct {
-		rows []store.Test
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		rows, err := st.CreateMany(ctx, []string{"a", "b"})
-		done <- result{rows, err}
-	}()
+	done := createABInBackground(ctx, st)
 	waitForLockWaiters(t, pool, 1)
 	cleaner := begin()
 	locked := make(chan error, 1)
@@ -128,10 +109,7 @@ func TestRetrySerializationFailure(t *testing.T) {
 	if err := cleaner.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	res := <-done
-	if res.err != nil || len(res.rows) != 2 || res.rows[0].Name != "a" || res.rows[1].Name != "b" {
-		t.Fatalf("CreateMany after a serialization failure: %+v, %v; want a and b created on retry", res.rows, res.err)
-	}
+	wantAB(t, "CreateMany after a serialization failure", <-done)
 }
 
 // waitForLockWaiters waits until n lock requests from pool's connections
@@ -154,5 +132,28 @@ WHERE NOT l.granted
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type createResult struct {
+	rows []store.Test
+	err  error
+}
+
+// createABInBackground runs CreateMany(a, b) on its own goroutine.
+func createABInBackground(ctx context.Context, st *store.Store) <-chan createResult {
+	done := make(chan createResult, 1)
+	go func() {
+		rows, err := st.CreateMany(ctx, []string{"a", "b"})
+		done <- createResult{rows, err}
+	}()
+	return done
+}
+
+// wantAB fails the test unless res created a and b, in that order.
+func wantAB(t *testing.T, what string, res createResult) {
+	t.Helper()
+	if res.err != nil || len(res.rows) != 2 || res.rows[0].Name != "a" || res.rows[1].Name != "b" {
+		t.Fatalf("%s: %+v, %v; want a and b created on retry", what, res.rows, res.err)
 	}
 }
