@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/ybrest/testsapi/internal/dbtest"
 )
 
 func TestCreateOne(t *testing.T) {
@@ -118,7 +119,7 @@ func TestCreateBadRequest(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if strings.HasPrefix(tc.name, "DeeplyNested") {
-				e := mustEnvURL(t, dbtestSchema(t), bigBody)
+				e := mustEnvURL(t, dbtest.NewSchema(t), bigBody)
 				problemOf(t, do(t, e.h, "POST", "/tests", tc.body), http.StatusBadRequest)
 				return
 			}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/dbtest"
 	"github.com/ybrest/testsapi/internal/store"
 )
 
@@ -105,6 +106,22 @@ func (midStreamStore) Stream(_ context.Context, _ int64, _ int, fn func(store.Te
 	return fmt.Errorf("%w: connection reset", store.ErrUnavailable)
 }
 
+// getExport sends GET /tests with accept to srv; the caller reads and
+// closes the body.
+func getExport(t *testing.T, srv *httptest.Server, accept string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest("GET", srv.URL+"/tests", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", accept)
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 // TestStreamFailureAborts checks that an export that fails midway does not
 // look complete: the status is already 200, so the connection is cut and
 // the client's read fails instead of ending cleanly.
@@ -113,12 +130,7 @@ func TestStreamFailureAborts(t *testing.T) {
 	srv := httptest.NewServer(api.NewHandler(slog.New(slog.DiscardHandler), midStreamStore{}, testLimits))
 	defer srv.Close()
 	for _, accept := range []string{"application/x-ndjson", "text/csv"} {
-		req, _ := http.NewRequest("GET", srv.URL+"/tests", nil)
-		req.Header.Set("Accept", accept)
-		res, err := srv.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := getExport(t, srv, accept)
 		body, err := io.ReadAll(res.Body)
 		res.Body.Close()
 		if res.StatusCode != http.StatusOK || err == nil {
@@ -147,13 +159,8 @@ func TestPanicAfterResponseBegan(t *testing.T) {
 	var logs syncBuffer
 	srv := httptest.NewServer(api.NewHandler(slog.New(slog.NewJSONHandler(&logs, nil)), panicStore{}, testLimits))
 	defer srv.Close()
-	req, _ := http.NewRequest("GET", srv.URL+"/tests", nil)
-	req.Header.Set("Accept", "application/x-ndjson")
-	res, err := srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = io.ReadAll(res.Body)
+	res := getExport(t, srv, "application/x-ndjson")
+	_, err := io.ReadAll(res.Body)
 	res.Body.Close()
 	if err == nil {
 		t.Fatal("an export that panicked midway read as complete")
@@ -195,7 +202,7 @@ func TestRequestTimeout(t *testing.T) {
 	t.Parallel()
 	lim := testLimits
 	lim.RequestTimeout = 500 * time.Millisecond
-	e := mustEnvURL(t, dbtestSchema(t), lim)
+	e := mustEnvURL(t, dbtest.NewSchema(t), lim)
 	tx := lockTable(t, e.pool)
 	start := time.Now()
 	for _, rq := range []struct{ method, path, body string }{
@@ -342,12 +349,7 @@ func TestLongExport(t *testing.T) {
 	srv.Config.WriteTimeout = 500 * time.Millisecond
 	srv.Start()
 	defer srv.Close()
-	req, _ := http.NewRequest("GET", srv.URL+"/tests", nil)
-	req.Header.Set("Accept", "application/x-ndjson")
-	res, err := srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := getExport(t, srv, "application/x-ndjson")
 	defer res.Body.Close()
 	body, err := io.ReadAll(res.Body)
 	if err != nil || strings.Count(string(body), "\n") != 30 {

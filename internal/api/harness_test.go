@@ -270,8 +270,6 @@ var bigBody = api.Limits{
 	MaxExports:     testLimits.MaxExports,
 }
 
-func dbtestSchema(t *testing.T) string { t.Helper(); return dbtest.NewSchema(t) }
-
 // doReader posts body with no Content-Length, as a chunked upload would.
 func doReader(t *testing.T, h http.Handler, body io.Reader) response {
 	t.Helper()

@@ -218,7 +218,7 @@ func TestIdempotencyFailureNotKept(t *testing.T) {
 	t.Parallel()
 	lim := testLimits
 	lim.RequestTimeout = 500 * time.Millisecond
-	e := mustEnvURL(t, dbtestSchema(t), lim)
+	e := mustEnvURL(t, dbtest.NewSchema(t), lim)
 	tx := lockTable(t, e.pool)
 	problemOf(t, keyed(t, e.h, "k", `{"name": "Bob"}`), http.StatusServiceUnavailable)
 	if err := tx.Rollback(t.Context()); err != nil {
@@ -238,7 +238,7 @@ func TestIdempotencyFailureNotKept(t *testing.T) {
 func TestIdempotencyExpiry(t *testing.T) {
 	t.Parallel()
 	const ttl = time.Hour
-	url := dbtestSchema(t)
+	url := dbtest.NewSchema(t)
 	e := mustEnvURL(t, url, testLimits)
 	h := api.NewHandler(slog.New(slog.DiscardHandler), e.st, testLimits, api.IdempotencyTTL(ttl))
 	age := func(d time.Duration) {
@@ -298,7 +298,7 @@ ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at`, age.Seconds()
 // process (a new pool, store and handler on the same schema) replays them.
 func TestIdempotencyAcrossRestart(t *testing.T) {
 	t.Parallel()
-	url := dbtestSchema(t)
+	url := dbtest.NewSchema(t)
 	before := mustEnvURL(t, url, testLimits)
 	first := mustCreated(t, "first", keyed(t, before.h, "k", `{"name": "Bob"}`))
 	before.pool.Close()
