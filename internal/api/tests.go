@@ -83,10 +83,21 @@ func handleTestsCreate(log *slog.Logger, st testStore, lim Limits, keyTTL time.D
 func writeCreated(w http.ResponseWriter, ts []store.Test, single bool) {
 	if single {
 		w.Header().Set("Location", "/tests/"+strconv.Itoa(int(ts[0].ID)))
-		encode(w, http.StatusCreated, mediaJSON, ts[0])
+		writeRow(w, http.StatusCreated, ts[0])
 		return
 	}
-	encode(w, http.StatusCreated, mediaJSON, ts)
+	bp := getBuffer()
+	defer putBuffer(bp)
+	*bp = appendPage(*bp, ts)
+	writeBody(w, http.StatusCreated, mediaJSON, *bp)
+}
+
+// writeRow answers one row as JSON.
+func writeRow(w http.ResponseWriter, status int, t store.Test) {
+	bp := getBuffer()
+	defer putBuffer(bp)
+	*bp = append(appendTest(*bp, t), '\n')
+	writeBody(w, status, mediaJSON, *bp)
 }
 
 // handleTestsGet handles GET /tests/{id}: 200, 400, 404, 503.
@@ -107,7 +118,7 @@ func handleTestsGet(log *slog.Logger, st testStore) http.Handler {
 			respond(log, w, r, err)
 			return
 		}
-		encode(w, http.StatusOK, mediaJSON, t)
+		writeRow(w, http.StatusOK, t)
 	})
 }
 
@@ -235,15 +246,13 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 		return bw.Flush()
 	}
+	format := exportFormats[media]
 	started := false // the status and headers are written
 	start := func() {
 		started = true
 		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
-		w.Header().Set("Content-Type", media+"; charset=utf-8")
-		if media == mediaCSV {
-			w.Header().Set("Content-Type", "text/csv; charset=utf-8; header=present")
-			_, _ = bw.WriteString("id,name\r\n")
-		}
+		w.Header().Set("Content-Type", format.contentType)
+		_, _ = bw.WriteString(format.header)
 		w.WriteHeader(http.StatusOK)
 	}
 	err := st.Stream(ctx, after, limit, func(t store.Test) error {
@@ -258,12 +267,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		// Each line is appended straight into bw's free space, so it is
 		// neither allocated nor copied (unless it is longer than the space
 		// left, which append then allocates for).
-		line := bw.AvailableBuffer()
-		if media == mediaCSV {
-			line = appendCSV(line, t)
-		} else {
-			line = append(appendTest(line, t), '\n')
-		}
+		line := format.appendRow(bw.AvailableBuffer(), t)
 		if _, err := bw.Write(line); err != nil {
 			return err
 		}
@@ -293,6 +297,32 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		}
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// exportFormat is how an export writes rows in one media type.
+type exportFormat struct {
+	contentType string
+	header      string // written before the first row
+	appendRow   func(b []byte, t store.Test) []byte
+}
+
+// exportFormats are the export media types of GET /tests, by the media
+// type negotiate picked.
+var exportFormats = map[string]exportFormat{
+	mediaNDJSON: {
+		contentType: mediaNDJSON + "; charset=utf-8",
+		appendRow:   appendNDJSON,
+	},
+	mediaCSV: {
+		contentType: mediaCSV + "; charset=utf-8; header=present",
+		header:      "id,name\r\n",
+		appendRow:   appendCSV,
+	},
+}
+
+// appendNDJSON appends t as one NDJSON line.
+func appendNDJSON(b []byte, t store.Test) []byte {
+	return append(appendTest(b, t), '\n')
 }
 
 // appendCSV appends t as one RFC 4180 record. The name is quoted when it

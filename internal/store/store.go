@@ -13,7 +13,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Test is one row of table test.
+// Test is one row of table test (see row.go for its columns and scan).
+// The API writes its JSON by hand (internal/api/jsonrow.go); the json tags
+// are only the oracle that writer's tests compare it with.
 type Test struct {
 	ID   int32  `json:"id"`
 	Name string `json:"name"`

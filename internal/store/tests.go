@@ -61,7 +61,7 @@ SELECT name
 FROM unnest($1::text[]) WITH ORDINALITY AS input(name, ord)
 ORDER BY ord
 ON CONFLICT (name) DO NOTHING
-RETURNING id, name`
+RETURNING ` + testColumns
 
 // insertNewNames is insertNames for names that must all be new: any taken
 // name fails the whole statement with a unique violation. Without ON
@@ -74,7 +74,7 @@ INSERT INTO test (name)
 SELECT name
 FROM unnest($1::text[]) WITH ORDINALITY AS input(name, ord)
 ORDER BY ord
-RETURNING id, name`
+RETURNING ` + testColumns
 
 // CreateMany inserts all names in one transaction, all or nothing, and
 // returns the rows in input order with ids ascending in that order. A name
@@ -156,18 +156,23 @@ func insertAll(ctx context.Context, tx pgx.Tx, names []string) ([]Test, error) {
 func collectCreated(rows pgx.Rows, names []string) ([]Test, error) {
 	created := make([]Test, 0, len(names))
 	var (
-		id      int32
+		t       Test
 		name    pgtype.DriverBytes // valid until the next row
 		inOrder = true
 	)
-	_, err := pgx.ForEachRow(rows, []any{&id, &name}, func() error {
+	// The row's own scan, but for the name, which is read where the
+	// driver holds it.
+	dest := t.fields()
+	dest[nameField] = &name
+	_, err := pgx.ForEachRow(rows, dest, func() error {
 		i := len(created)
 		inOrder = inOrder && i < len(names) && string(name) == names[i]
 		if inOrder {
-			created = append(created, Test{ID: id, Name: names[i]})
+			t.Name = names[i]
 		} else {
-			created = append(created, Test{ID: id, Name: string(name)})
+			t.Name = string(name)
 		}
+		created = append(created, t)
 		return nil
 	})
 	if err != nil {
@@ -203,13 +208,12 @@ func (s *Store) Get(ctx context.Context, id int64) (Test, error) {
 		return Test{}, fmt.Errorf("get %d: %w", id, ErrNotFound)
 	}
 	const q = `
-SELECT id,
-       name
+SELECT ` + testColumns + `
 FROM test
 WHERE id = $1`
 	var t Test
 	err := retry(ctx, func() error {
-		return s.pool.QueryRow(ctx, q, int32(id)).Scan(&t.ID, &t.Name)
+		return s.pool.QueryRow(ctx, q, int32(id)).Scan(t.fields()...)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Test{}, fmt.Errorf("get %d: %w", id, ErrNotFound)
@@ -255,8 +259,7 @@ func (s *Store) Stream(ctx context.Context, after int64, limit int, fn func(Test
 	// whatever the depth (OFFSET would read and skip every earlier row).
 	// LIMIT NULL is no limit.
 	const q = `
-SELECT id,
-       name
+SELECT ` + testColumns + `
 FROM test
 WHERE id > $1
 ORDER BY id
@@ -274,7 +277,7 @@ LIMIT $2`
 		}
 		defer rows.Close()
 		var t Test
-		dest := []any{&t.ID, &t.Name} // once, not a slice per row
+		dest := t.fields() // once, not a slice per row
 		delivered := false
 		for rows.Next() {
 			if err := rows.Scan(dest...); err != nil {
@@ -302,6 +305,6 @@ LIMIT $2`
 
 func scanTest(row pgx.CollectableRow) (Test, error) {
 	var t Test
-	err := row.Scan(&t.ID, &t.Name)
+	err := row.Scan(t.fields()...)
 	return t, err
 }
