@@ -8,8 +8,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -93,7 +93,7 @@ func (s *Store) CreateMany(ctx context.Context, names []string) ([]Test, error) 
 	var out []Test
 	err := retry(ctx, func() error {
 		// An error, ErrConflict included, rolls back the rows that did go in.
-		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) (err error) {
+		return inTx(ctx, s.pool, func(tx pgx.Tx) (err error) {
 			out, err = insertAll(ctx, tx, names)
 			return err
 		})
@@ -118,8 +118,7 @@ func insertAll(ctx context.Context, tx pgx.Tx, names []string) ([]Test, error) {
 		created, err = collectCreated(rows, names)
 		return err
 	})
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+	if sqlstate(err) == pgerrcode.UniqueViolation {
 		// A taken name, or an id from the sequence that a row inserted
 		// with an explicit id already has. The error's constraint name
 		// would tell, but YugabyteDB does not always send it
