@@ -46,6 +46,10 @@ func (s *Store) PageFlights() int {
 	return len(s.pages.flights)
 }
 
+// ForceDialect makes the store take dialect d's path whatever server it
+// talks to, for tests on PostgreSQL of what it does on YugabyteDB.
+func (s *Store) ForceDialect(d Dialect) { s.dialect = d }
+
 // Transient reports whether the store answers err with ErrUnavailable.
 func Transient(err error) bool { return errors.Is((&Store{}).classify(err), ErrUnavailable) }
 

@@ -39,6 +39,7 @@ type Store struct {
 	creates batcher               // group commit for Create
 	pages   pageReader            // coalesced reads for List
 	onError func(sqlstate string) // see ObserveErrors; nil means nobody listens
+	dialect Dialect               // forces dialectOf's answer; "" (always, outside tests) reads it from the connection
 }
 
 // New returns a Store using pool. The pool stays the caller's to close,

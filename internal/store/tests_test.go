@@ -317,3 +317,90 @@ func TestCollectCreated(t *testing.T) {
 		})
 	}
 }
+
+// TestExportTransaction shows, on PostgreSQL, which transaction Stream (the
+// export) runs in. On the YugabyteDB path it is SERIALIZABLE READ ONLY
+// DEFERRABLE: PostgreSQL makes such a transaction wait for a safe snapshot
+// (wait event SafeSnapshot, which only such a transaction waits on) while a
+// SERIALIZABLE read-write transaction is open, which is observable from
+// outside. On the PostgreSQL path it is a
+// statement on its own and does not wait. What YugabyteDB does with the
+// transaction (no read restarts) is known from its docs only.
+func TestExportTransaction(t *testing.T) {
+	t.Parallel()
+	url := dbtest.NewSchema(t) + "&application_name=" + t.Name()
+	pg, pool := mustStore(t, url)
+	if _, _, err := pg.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.CreateMany(t.Context(), []string{"a", "b", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	yb, _ := mustStore(t, url)
+	yb.ForceDialect(store.YugabyteDB)
+	if _, _, err := yb.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	writer, err := pool.BeginTx(t.Context(), pgx.TxOptions{IsoLevel: pgx.Serializable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Rollback(t.Context())
+	if _, err := writer.Exec(t.Context(), `SELECT count(*) FROM test`); err != nil { // takes its snapshot
+		t.Fatal(err)
+	}
+
+	export := func(st *store.Store) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			var names []string
+			err := st.Stream(t.Context(), 0, 0, func(r store.Test) error {
+				names = append(names, r.Name)
+				return nil
+			})
+			if err == nil && strings.Join(names, ",") != "a,b,c" {
+				err = fmt.Errorf("exported %q", names)
+			}
+			done <- err
+		}()
+		return done
+	}
+	start := time.Now()
+	select {
+	case err := <-export(pg):
+		if err != nil {
+			t.Fatalf("PostgreSQL path: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the export on the PostgreSQL path waited for the serializable writer")
+	}
+
+	t.Logf("PostgreSQL path: exported in %s beside the open serializable writer", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	done := export(yb)
+	const waiting = `
+SELECT count(*)
+FROM pg_stat_activity
+WHERE application_name = $1
+  AND wait_event = 'SafeSnapshot'`
+	dbtest.WaitFor(t, "export waiting for a safe snapshot", 10*time.Second, func() bool {
+		var n int
+		if err := pool.QueryRow(t.Context(), waiting, t.Name()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("the export on the YugabyteDB path did not wait for the serializable writer (%v)", err)
+	default:
+	}
+	if err := writer.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("YugabyteDB path: waited for a safe snapshot (%s until the writer committed)", time.Since(start).Round(time.Millisecond))
+	if err := <-done; err != nil {
+		t.Fatalf("YugabyteDB path: %v", err)
+	}
+}
