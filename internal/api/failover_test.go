@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -161,11 +162,13 @@ var faultRequests = []faultRequest{
 	{name: "KeyedCreate", kind: "write", method: "POST", path: "/tests", ok: http.StatusCreated, key: true,
 		body: func(n int) string { return fmt.Sprintf(`{"name": "keyed-%d"}`, n) }},
 	{name: "Page", kind: "read", method: "GET", path: "/tests", ok: http.StatusOK},
-	{name: "Get", kind: "read", method: "GET", path: "/tests/1", ok: http.StatusOK},
+	{name: "Get", kind: "read", method: "GET", path: "/tests/{id}", ok: http.StatusOK},
 	{name: "Export", kind: "read", method: "GET", path: "/tests", accept: "application/x-ndjson", ok: http.StatusOK},
 }
 
-func (e faultEnv) send(t *testing.T, rq faultRequest, n int) response {
+// send sends rq; n makes its names and key unique, and {id} in its path
+// is the id of a stored row.
+func (e faultEnv) send(t *testing.T, rq faultRequest, n int, id int32) response {
 	t.Helper()
 	var body string
 	if rq.body != nil {
@@ -175,7 +178,8 @@ func (e faultEnv) send(t *testing.T, rq faultRequest, n int) response {
 	if rq.key {
 		header = append(header, "Idempotency-Key", fmt.Sprintf("%s-%d", t.Name(), n))
 	}
-	return do(t, e.h, rq.method, rq.path, body, header...)
+	path := strings.ReplaceAll(rq.path, "{id}", strconv.Itoa(int(id)))
+	return do(t, e.h, rq.method, path, body, header...)
 }
 
 // TestYugabyteFailover makes the database answer each of YugabyteDB's
@@ -188,7 +192,7 @@ func (e faultEnv) send(t *testing.T, rq faultRequest, n int) response {
 func TestYugabyteFailover(t *testing.T) {
 	t.Parallel()
 	e := mustFaultEnv(t)
-	mustCreate(t, e.h, "before") // id 1, for the reads
+	before := mustCreate(t, e.h, "before")[0] // for the reads
 	want := []string{"before"}
 	n := 0
 	for _, f := range ybFaults {
@@ -196,7 +200,7 @@ func TestYugabyteFailover(t *testing.T) {
 			for _, rq := range faultRequests {
 				n++
 				e.arm(t, rq.kind, f, -1)
-				res := e.send(t, rq, n)
+				res := e.send(t, rq, n, before.ID)
 				problemOf(t, res, http.StatusServiceUnavailable)
 				if res.header.Get("Retry-After") == "" {
 					t.Errorf("%s while it lasts: 503 without Retry-After", rq.name)
@@ -204,7 +208,7 @@ func TestYugabyteFailover(t *testing.T) {
 
 				n++
 				e.arm(t, rq.kind, f, 2)
-				res = e.send(t, rq, n)
+				res = e.send(t, rq, n, before.ID)
 				wantStatus := rq.ok
 				if rq.commits && !f.rolledBack {
 					wantStatus = http.StatusServiceUnavailable
@@ -238,10 +242,10 @@ func TestYugabyteFailover(t *testing.T) {
 func TestInternalErrorStays500(t *testing.T) {
 	t.Parallel()
 	e := mustFaultEnv(t)
-	mustCreate(t, e.h, "before")
+	before := mustCreate(t, e.h, "before")[0]
 	f := ybFault{code: "XX000", message: "cache lookup failed for relation 16384"}
 	for i, rq := range faultRequests {
 		e.arm(t, rq.kind, f, -1)
-		problemOf(t, e.send(t, rq, i), http.StatusInternalServerError)
+		problemOf(t, e.send(t, rq, i, before.ID), http.StatusInternalServerError)
 	}
 }
