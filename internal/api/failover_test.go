@@ -3,7 +3,6 @@ package api_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -11,9 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/ybrest/testsapi/internal/api"
 	"github.com/ybrest/testsapi/internal/dbtest"
-	"github.com/ybrest/testsapi/internal/store"
 )
 
 // faultSQL makes the real database answer what YugabyteDB answers during
@@ -89,21 +86,11 @@ func mustFaultEnv(t *testing.T) faultEnv {
 			}
 		}
 	})
-	cfg.ConnConfig.User = name
-	store.ConfigurePool(cfg)
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	st := store.New(pool)
-	if _, _, err := st.Migrate(ctx); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	if _, err := pool.Exec(ctx, faultSQL); err != nil {
+	e := mustEnvURL(t, url, testLimits, func(c *pgxpool.Config) { c.ConnConfig.User = name })
+	if _, err := e.pool.Exec(ctx, faultSQL); err != nil {
 		t.Fatalf("install faults: %v", err)
 	}
-	return faultEnv{&env{h: api.NewHandler(slog.New(slog.DiscardHandler), st, testLimits), pool: pool, st: st}}
+	return faultEnv{e}
 }
 
 // arm makes the next `times` statements of kind ('write' or 'read') fail

@@ -50,9 +50,9 @@ func mustEnv(t *testing.T) *env {
 	return mustEnvURL(t, dbtest.NewSchema(t), testLimits)
 }
 
-func mustEnvURL(t testing.TB, url string, lim api.Limits) *env {
+func mustEnvURL(t testing.TB, url string, lim api.Limits, configure ...func(*pgxpool.Config)) *env {
 	t.Helper()
-	pool := mustPool(t, url)
+	pool := mustPool(t, url, configure...)
 	st := store.New(pool)
 	if _, _, err := st.Migrate(context.Background()); err != nil {
 		t.Fatalf("migrate: %v", err)
@@ -60,12 +60,16 @@ func mustEnvURL(t testing.TB, url string, lim api.Limits) *env {
 	return &env{h: api.NewHandler(slog.New(slog.DiscardHandler), st, lim), pool: pool, st: st}
 }
 
-func mustPool(t testing.TB, url string) *pgxpool.Pool {
+// mustPool returns a pool for url whose connections are set up as
+// cmd/server sets them up, after the configure functions.
+func mustPool(t testing.TB, url string, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
-	// Connections set up as cmd/server sets them up.
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
+	}
+	for _, c := range configure {
+		c(cfg)
 	}
 	store.ConfigurePool(cfg)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
