@@ -47,6 +47,7 @@ func TestClassification(t *testing.T) {
 		// Genuine internal errors stay 500s.
 		{pgerrcode.InternalError, "cache lookup failed for relation 16384", false, false, false},
 		{pgerrcode.InternalError, "unexpected data beyond EOF in block 0 of relation base/5/16384", false, false, false},
+		{"YB001", "current transaction is expired or aborted", true, true, false},
 		{pgerrcode.AdminShutdown, "terminating connection due to administrator command", true, true, false},
 		{pgerrcode.SnapshotTooOld, "snapshot too old", true, true, false},
 		{pgerrcode.QueryCanceled, "canceling statement due to statement timeout", true, false, false},
