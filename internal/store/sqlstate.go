@@ -66,8 +66,8 @@ func faultOf(e *pgconn.PgError) fault {
 		pgerrcode.ReadOnlySQLTransaction: // reached a standby or a read-only node
 		return fault{transient: true}
 	case pgerrcode.InternalError:
-		if again, rolledBack, ok := failover(e.Message); ok {
-			return fault{transient: true, again: again, rolledBack: rolledBack}
+		if rolledBack, ok := failover(e.Message); ok {
+			return fault{transient: true, again: true, rolledBack: rolledBack}
 		}
 		return fault{} // a genuine internal error: a 500
 	}
@@ -92,7 +92,8 @@ func faultOf(e *pgconn.PgError) fault {
 // move, a node is lost or a tserver restarts, matched case-insensitively
 // as substrings of the message in this order, each with the report it
 // comes from. Each says the failure is passing; only those that say the
-// transaction was aborted say it did not commit. Any other XX000 stays an internal error.
+// transaction was aborted say it did not commit. Any other XX000 stays an
+// internal error.
 var failoverMessages = []struct {
 	substring  string
 	rolledBack bool
@@ -131,14 +132,14 @@ var failoverMessages = []struct {
 }
 
 // failover looks msg up in failoverMessages.
-func failover(msg string) (again, rolledBack, ok bool) {
+func failover(msg string) (rolledBack, ok bool) {
 	msg = strings.ToLower(msg)
 	for _, m := range failoverMessages {
 		if strings.Contains(msg, m.substring) {
-			return true, m.rolledBack, true
+			return m.rolledBack, true
 		}
 	}
-	return false, false, false
+	return false, false
 }
 
 // commitInDoubt reports whether msg is about the RPCs that commit a
