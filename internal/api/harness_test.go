@@ -1,12 +1,14 @@
 package api_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -48,9 +50,9 @@ func mustEnv(t *testing.T) *env {
 	return mustEnvURL(t, dbtest.NewSchema(t), testLimits)
 }
 
-func mustEnvURL(t testing.TB, url string, lim api.Limits) *env {
+func mustEnvURL(t testing.TB, url string, lim api.Limits, configure ...func(*pgxpool.Config)) *env {
 	t.Helper()
-	pool := mustPool(t, url)
+	pool := mustPool(t, url, configure...)
 	st := store.New(pool)
 	if _, _, err := st.Migrate(context.Background()); err != nil {
 		t.Fatalf("migrate: %v", err)
@@ -58,12 +60,16 @@ func mustEnvURL(t testing.TB, url string, lim api.Limits) *env {
 	return &env{h: api.NewHandler(slog.New(slog.DiscardHandler), st, lim), pool: pool, st: st}
 }
 
-func mustPool(t testing.TB, url string) *pgxpool.Pool {
+// mustPool returns a pool for url whose connections are set up as
+// cmd/server sets them up, after the configure functions.
+func mustPool(t testing.TB, url string, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
-	// Connections set up as cmd/server sets them up.
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
+	}
+	for _, c := range configure {
+		c(cfg)
 	}
 	store.ConfigurePool(cfg)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
@@ -217,7 +223,10 @@ type test struct {
 	Name string `json:"name"`
 }
 
-// mustCreate creates rows through the API and returns them.
+// mustCreate creates rows through the API, MaxBatch names a request, and
+// returns them in id order, the order GET /tests lists them. That is input
+// order on PostgreSQL; on YugabyteDB only one request's rows are sure to
+// be, as each connection caches sequence values of its own.
 func mustCreate(t *testing.T, h http.Handler, names ...string) []test {
 	t.Helper()
 	items := make([]map[string]string, len(names))
@@ -237,6 +246,7 @@ func mustCreate(t *testing.T, h http.Handler, names ...string) []test {
 		res.json(t, &got)
 		out = append(out, got...)
 	}
+	slices.SortFunc(out, func(a, b test) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 

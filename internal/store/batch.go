@@ -258,8 +258,10 @@ func (s *Store) insertBatch(ctx context.Context, names []string) ([]Test, error)
 	err := retry(ctx, func() error {
 		rows, _ := s.pool.Query(ctx, insertNames, names)
 		var err error
-		created, err = pgx.CollectRows(rows, scanTest)
-		return err
+		if created, err = pgx.CollectRows(rows, scanTest); err != nil {
+			return commitErr{err} // the statement commits as it ends: see retryable
+		}
+		return nil
 	})
 	return created, err
 }

@@ -1,6 +1,9 @@
 package store
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Group-commit internals for the tests in package store_test.
 const (
@@ -41,4 +44,25 @@ func (s *Store) PageFlights() int {
 	s.pages.mu.Lock()
 	defer s.pages.mu.Unlock()
 	return len(s.pages.flights)
+}
+
+// ForceDialect makes the store take dialect d's path whatever server it
+// talks to, for tests on PostgreSQL of what it does on YugabyteDB.
+func (s *Store) ForceDialect(d Dialect) { s.dialect = d }
+
+// Transient reports whether the store answers err with ErrUnavailable.
+func Transient(err error) bool { return errors.Is((&Store{}).classify(err), ErrUnavailable) }
+
+// Retryable is retryable; RetryableCommit is retryable for an error of a
+// statement that commits.
+func Retryable(err error) bool       { return retryable(err) }
+func RetryableCommit(err error) bool { return retryable(commitErr{err}) }
+
+// FailoverMessages are the XX000 substrings sqlstate.go knows.
+func FailoverMessages() []string {
+	var out []string
+	for _, m := range failoverMessages {
+		out = append(out, m.substring)
+	}
+	return out
 }

@@ -118,7 +118,13 @@ WHERE key = $1`
 	// failure, or purged): then claim again.
 	for range 3 {
 		err := retry(ctx, func() error {
-			return s.pool.QueryRow(ctx, q, k.Key, k.Fingerprint, claim, k.TTL.Seconds(), k.StaleAfter.Seconds()).Scan(&claim)
+			err := s.pool.QueryRow(ctx, q, k.Key, k.Fingerprint, claim, k.TTL.Seconds(), k.StaleAfter.Seconds()).Scan(&claim)
+			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				// A write outside a transaction block: it commits as it
+				// ends, so a failure may hide a claim that did commit.
+				return commitErr{err}
+			}
+			return err
 		})
 		if err == nil {
 			return claim, Response{}, nil
@@ -166,7 +172,7 @@ WHERE key = $1
   AND claim = $2`
 	var resp Response
 	err := retry(ctx, func() error {
-		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return inTx(ctx, s.pool, func(tx pgx.Tx) error {
 			// A savepoint: a taken name undoes the rows, and the
 			// transaction goes on to keep the 409.
 			var created []Test

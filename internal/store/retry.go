@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Retry policy for transient failures: capped exponential backoff with full
@@ -18,10 +20,7 @@ const (
 )
 
 // retry runs op until it succeeds, fails for good, or the attempts run out.
-// It retries only what is safe to run twice: a serialization failure or a
-// deadlock (the server rolled the transaction back) and a failure where
-// nothing reached the server. A connection lost after a statement was sent
-// is not retried: the write may have committed.
+// It retries only what is safe to run twice (see retryable).
 func retry(ctx context.Context, op func() error) error {
 	for attempt := 1; ; attempt++ {
 		err := op()
@@ -40,19 +39,53 @@ type final struct{ error }
 
 func (f final) Unwrap() error { return f.error }
 
+// commitErr marks an error of a statement that commits a write: COMMIT, or
+// a write outside a transaction block, which commits as it ends. Unless
+// the error itself says the transaction was rolled back, the write may
+// have committed: a timed-out commit RPC on YugabyteDB says nothing about
+// the outcome, and YugabyteDB's docs advise against retrying commit and
+// auto-commit statements on such errors ("Transaction retries in YSQL").
+type commitErr struct{ error }
+
+func (c commitErr) Unwrap() error { return c.error }
+
+// retryable reports whether running the failed op again is safe and may
+// succeed: when nothing reached the server, or when the server answered
+// a passing failure (sqlstate.go) of a statement whose transaction has not
+// committed: a read, a statement inside a transaction before its COMMIT
+// (the failure aborts the transaction), or a commit the server says it
+// rolled back. A connection lost after a statement was sent is not
+// retried: the write may have committed.
 func retryable(err error) bool {
 	if errors.As(err, new(final)) {
 		return false
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		// 23505 can only be a primary-key collision here (name conflicts
-		// are ON CONFLICT DO NOTHING): a row inserted with an explicit id
-		// ahead of the sequence. The failed insert consumed that sequence
-		// value, so running it again takes the next one.
-		return pgErr.Code == "40001" || pgErr.Code == "40P01" || pgErr.Code == "23505"
+		f := faultOf(pgErr)
+		if errors.As(err, new(commitErr)) {
+			return f.again && f.rolledBack
+		}
+		return f.again
 	}
 	return pgconn.SafeToRetry(err)
+}
+
+// inTx runs fn in a transaction on pool, like pgx.BeginFunc, but marks an
+// error of the COMMIT as a commitErr.
+func inTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback(ctx)
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return commitErr{err}
+	}
+	return nil
 }
 
 // backoff returns a random wait in [1ms, min(cap, base*2^(attempt-1))].

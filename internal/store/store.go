@@ -41,6 +41,7 @@ type Store struct {
 	creates batcher               // group commit for Create
 	pages   pageReader            // coalesced reads for List
 	onError func(sqlstate string) // see ObserveErrors; nil means nobody listens
+	dialect Dialect               // forces dialectOf's answer; "" (always, outside tests) reads it from the connection
 }
 
 // New returns a Store using pool. The pool stays the caller's to close,
@@ -79,8 +80,9 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // classify maps driver and server errors to the package's sentinels, keeping
-// the original error in the chain for logs. It is the one place that reads
-// SQLSTATE codes, and the one that reports them to ObserveErrors.
+// the original error in the chain for logs, and reports every database
+// error's SQLSTATE to ObserveErrors. Which server errors are transient is
+// decided in sqlstate.go.
 func (s *Store) classify(err error) error {
 	if err == nil {
 		return nil
@@ -92,42 +94,16 @@ func (s *Store) classify(err error) error {
 	var pgErr *pgconn.PgError
 	isPg := errors.As(err, &pgErr)
 	if s.onError != nil {
-		code := ""
-		if isPg {
-			code = pgErr.Code
-		}
-		s.onError(code)
+		s.onError(sqlstate(err))
 	}
 	if isPg {
-		switch {
-		case transient(pgErr.Code):
+		if faultOf(pgErr).transient {
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
-		default:
-			return err
 		}
+		return err
 	}
 	// Anything that is not an answer from the server (refused or reset
 	// connections, timeouts, a pool that could not connect) means the
 	// database is out of reach right now, not that the request was wrong.
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
-}
-
-// transient reports whether a SQLSTATE says "try again later" rather than
-// "this request is wrong".
-func transient(code string) bool {
-	switch code {
-	case "40001", // serialization_failure (YugabyteDB also uses it for read restarts)
-		"40P01", // deadlock_detected
-		"57014", // query_canceled (statement_timeout)
-		"55P03", // lock_not_available
-		"25006": // read_only_sql_transaction: reached a standby or a read-only node
-		return true
-	}
-	switch code[:2] {
-	case "08", // connection exception
-		"53", // insufficient resources (e.g. too many connections)
-		"57": // operator intervention (admin shutdown, cannot connect now)
-		return true
-	}
-	return false
 }

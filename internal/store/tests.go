@@ -8,8 +8,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -93,7 +93,7 @@ func (s *Store) CreateMany(ctx context.Context, names []string) ([]Test, error) 
 	var out []Test
 	err := retry(ctx, func() error {
 		// An error, ErrConflict included, rolls back the rows that did go in.
-		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) (err error) {
+		return inTx(ctx, s.pool, func(tx pgx.Tx) (err error) {
 			out, err = insertAll(ctx, tx, names)
 			return err
 		})
@@ -118,8 +118,7 @@ func insertAll(ctx context.Context, tx pgx.Tx, names []string) ([]Test, error) {
 		created, err = collectCreated(rows, names)
 		return err
 	})
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+	if sqlstate(err) == pgerrcode.UniqueViolation {
 		// A taken name, or an id from the sequence that a row inserted
 		// with an explicit id already has. The error's constraint name
 		// would tell, but YugabyteDB does not always send it
@@ -232,10 +231,15 @@ func (s *Store) List(ctx context.Context, after int64, limit int) ([]Test, error
 	return s.pages.do(ctx, pageKey{after, limit})
 }
 
-// list runs the query for one List.
+// list runs the query for one List: one statement on its own, whose
+// snapshot is consistent by itself. On YugabyteDB the server retries a
+// read restart of such a statement for us as long as its output still
+// fits ysql_output_buffer_size (256 KiB), which a page of at most 1,000
+// rows nearly always does; a page does not wait out the clock skew the
+// way an export's transaction does (see Stream).
 func (s *Store) list(ctx context.Context, after int64, limit int) ([]Test, error) {
 	out := make([]Test, 0, min(limit, 1000))
-	err := s.Stream(ctx, after, limit, func(t Test) error {
+	err := s.stream(ctx, after, limit, false, func(t Test) error {
 		out = append(out, t)
 		return nil
 	})
@@ -247,8 +251,27 @@ func (s *Store) list(ctx context.Context, after int64, limit int) ([]Test, error
 
 // Stream calls fn for each row with id greater than after, in id order, as
 // the rows arrive from the server, never holding more than one; limit 0
-// means no limit. It stops at fn's first error and returns it.
+// means no limit. It stops at fn's first error and returns it. It is the
+// export: on YugabyteDB it reads in a SERIALIZABLE READ ONLY DEFERRABLE
+// transaction, which YugabyteDB never cancels for a read restart or a
+// serialization failure. Without it a long read can fail with a read
+// restart (40001) once more than ysql_output_buffer_size has gone to the
+// client, when neither the server nor the store can run it again for the
+// caller (docs: architecture/transactions/read-restart-error). The price
+// is a wait of max_clock_skew_usec (500 ms by default) before the first
+// row. On PostgreSQL the export is one statement on its own, which reads
+// one snapshot and is never cancelled for serialization; a deferrable
+// transaction there could wait for a safe snapshot behind any running
+// SERIALIZABLE writer.
 func (s *Store) Stream(ctx context.Context, after int64, limit int, fn func(Test) error) error {
+	return s.stream(ctx, after, limit, true, fn)
+}
+
+// exportTx is the transaction an export runs in on YugabyteDB.
+var exportTx = pgx.TxOptions{IsoLevel: pgx.Serializable, AccessMode: pgx.ReadOnly, DeferrableMode: pgx.Deferrable}
+
+// stream runs the keyset query for Stream (export true) and list.
+func (s *Store) stream(ctx context.Context, after int64, limit int, export bool, fn func(Test) error) error {
 	if !s.ready.Load() {
 		return errNotMigrated
 	}
@@ -271,7 +294,25 @@ LIMIT $2`
 	}
 	var fnErr error
 	err := retry(ctx, func() error {
-		rows, err := s.pool.Query(ctx, q, max(after, 0), lim)
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Release()
+		var db interface {
+			Query(context.Context, string, ...any) (pgx.Rows, error)
+		} = conn
+		if export && s.dialectOf(conn.Conn()) == YugabyteDB {
+			tx, err := conn.BeginTx(ctx, exportTx)
+			if err != nil {
+				return err
+			}
+			// Read only: ending it commits nothing, and every row was
+			// read before it ends.
+			defer tx.Rollback(context.WithoutCancel(ctx))
+			db = tx
+		}
+		rows, err := db.Query(ctx, q, max(after, 0), lim)
 		if err != nil {
 			return err
 		}
@@ -301,6 +342,15 @@ LIMIT $2`
 		return fmt.Errorf("stream after %d: %w", after, s.classify(err))
 	}
 	return nil
+}
+
+// dialectOf tells the server conn talks to by the server_version it
+// reported at connect time, as Migrate does; tests can force it.
+func (s *Store) dialectOf(conn *pgx.Conn) Dialect {
+	if s.dialect != "" {
+		return s.dialect
+	}
+	return DetectDialect(conn.PgConn().ParameterStatus("server_version"))
 }
 
 func scanTest(row pgx.CollectableRow) (Test, error) {

@@ -1,9 +1,12 @@
 package store_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -316,4 +319,154 @@ func TestCollectCreated(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExportTransaction shows which transaction Stream (the export) runs
+// in, by the BEGIN statements the store's connections send: on the
+// YugabyteDB path "begin isolation level serializable read only
+// deferrable", on the PostgreSQL path none (one statement on its own). On
+// PostgreSQL it also shows the server took the transaction as such: a
+// SERIALIZABLE READ ONLY DEFERRABLE transaction waits for a safe snapshot
+// (wait event SafeSnapshot, which only such a transaction waits on) while a
+// SERIALIZABLE read-write transaction is open, and the PostgreSQL path
+// exports beside that writer without waiting. What YugabyteDB does with
+// the transaction (no read restarts) is known from its docs only.
+func TestExportTransaction(t *testing.T) {
+	t.Parallel()
+	url := dbtest.NewSchema(t) + "&application_name=" + t.Name()
+	pg, pgBegins := mustTracedStore(t, url, store.PostgreSQL)
+	yb, ybBegins := mustTracedStore(t, url, store.YugabyteDB)
+	_, pool := mustStore(t, url)
+	if _, err := pg.CreateMany(t.Context(), []string{"a", "b", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	pgBegins.take()
+	conn, err := pool.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	onPostgreSQL := store.DetectDialect(conn.Conn().PgConn().ParameterStatus("server_version")) == store.PostgreSQL
+	conn.Release()
+
+	var writer pgx.Tx
+	if onPostgreSQL {
+		writer, err = pool.BeginTx(t.Context(), pgx.TxOptions{IsoLevel: pgx.Serializable})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer writer.Rollback(t.Context())
+		if _, err := writer.Exec(t.Context(), `SELECT count(*) FROM test`); err != nil { // takes its snapshot
+			t.Fatal(err)
+		}
+	}
+
+	export := func(st *store.Store) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			var names []string
+			err := st.Stream(t.Context(), 0, 0, func(r store.Test) error {
+				names = append(names, r.Name)
+				return nil
+			})
+			if err == nil && strings.Join(names, ",") != "a,b,c" {
+				err = fmt.Errorf("exported %q", names)
+			}
+			done <- err
+		}()
+		return done
+	}
+	start := time.Now()
+	select {
+	case err := <-export(pg):
+		if err != nil {
+			t.Fatalf("PostgreSQL path: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the export on the PostgreSQL path waited for the serializable writer")
+	}
+	t.Logf("PostgreSQL path: exported in %s (beside an open serializable writer: %v)", time.Since(start).Round(time.Millisecond), onPostgreSQL)
+	if got := pgBegins.take(); len(got) != 0 {
+		t.Fatalf("PostgreSQL path began %q, want one statement on its own", got)
+	}
+
+	start = time.Now()
+	done := export(yb)
+	if onPostgreSQL {
+		const waiting = `
+SELECT count(*)
+FROM pg_stat_activity
+WHERE application_name = $1
+  AND wait_event = 'SafeSnapshot'`
+		dbtest.WaitFor(t, "export waiting for a safe snapshot", 10*time.Second, func() bool {
+			var n int
+			if err := pool.QueryRow(t.Context(), waiting, t.Name()).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n == 1
+		})
+		select {
+		case err := <-done:
+			t.Fatalf("the export on the YugabyteDB path did not wait for the serializable writer (%v)", err)
+		default:
+		}
+		if err := writer.Commit(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("YugabyteDB path: waited for a safe snapshot (%s until the writer committed)", time.Since(start).Round(time.Millisecond))
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("YugabyteDB path: %v", err)
+	}
+	if got, want := ybBegins.take(), []string{"begin isolation level serializable read only deferrable"}; !slices.Equal(got, want) {
+		t.Fatalf("YugabyteDB path began %q, want %q", got, want)
+	}
+}
+
+// mustTracedStore returns a migrated store on url that takes dialect d's
+// path, and the log of the BEGIN statements its connections send.
+func mustTracedStore(t *testing.T, url string, d store.Dialect) (*store.Store, *beginLog) {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &beginLog{}
+	cfg.ConnConfig.Tracer = log
+	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	st := store.New(pool)
+	st.ForceDialect(d)
+	if _, _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return st, log
+}
+
+// beginLog is a pgx.QueryTracer that records the BEGIN statements sent.
+type beginLog struct {
+	mu     sync.Mutex
+	begins []string
+}
+
+func (l *beginLog) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.HasPrefix(strings.ToLower(strings.TrimSpace(d.SQL)), "begin") {
+		l.mu.Lock()
+		l.begins = append(l.begins, d.SQL)
+		l.mu.Unlock()
+	}
+	return ctx
+}
+
+func (*beginLog) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// take returns the statements recorded since the last take.
+func (l *beginLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	got := l.begins
+	l.begins = nil
+	return got
 }
