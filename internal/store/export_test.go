@@ -42,3 +42,6 @@ func (s *Store) PageFlights() int {
 	defer s.pages.mu.Unlock()
 	return len(s.pages.flights)
 }
+
+// PurgeBatch is how many keys PurgeKeys deletes per statement.
+const PurgeBatch = purgeBatch
