@@ -76,6 +76,11 @@ func (s *Store) ApplySteps(ctx context.Context, steps []Step) error {
 	return s.applyWithRetry(ctx, conn, DetectDialect(conn.Conn().PgConn().ParameterStatus("server_version")), steps)
 }
 
+// RunRangeIndexStep runs the hash-sharding step as it runs on dialect d.
+func (s *Store) RunRangeIndexStep(ctx context.Context, d Dialect) error {
+	return rangeIndexOnHashKey(ctx, s.pool, d)
+}
+
 // PurgeBatch is how many keys PurgeKeys deletes per statement.
 const PurgeBatch = purgeBatch
 

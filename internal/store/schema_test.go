@@ -352,3 +352,75 @@ func TestMigrateLockErrorClosesConnection(t *testing.T) {
 		t.Fatalf("Migrate once the lock is free: %v", err)
 	}
 }
+
+func TestHashSharded(t *testing.T) {
+	tests := []struct {
+		indexdef string
+		want     bool
+	}{
+		// As YugabyteDB's pg_get_indexdef (and pg_indexes.indexdef) shows
+		// primary keys: a plain PRIMARY KEY (id), SQLAlchemy's included...
+		{"CREATE UNIQUE INDEX test_pkey ON public.test USING lsm (id HASH)", true},
+		// ...PRIMARY KEY (id ASC), as this service makes it there...
+		{"CREATE UNIQUE INDEX test_pkey ON public.test USING lsm (id ASC)", false},
+		{"CREATE UNIQUE INDEX test_pkey ON public.test USING lsm (id DESC)", false},
+		// ...and multi-column or bucketed forms, and ysql_dump's tablet clause.
+		{"CREATE UNIQUE INDEX t_pkey ON s.t USING lsm ((a, b) HASH, c ASC)", true},
+		{"CREATE UNIQUE INDEX t_pkey ON s.t USING lsm (a HASH, b ASC)", true},
+		{"CREATE UNIQUE INDEX t_pkey ON s.t USING lsm (a ASC, b ASC)", false},
+		{"CREATE UNIQUE INDEX t_pkey ON s.t USING lsm (((yb_hash_code(id) % 3)) HASH, id ASC)", true},
+		{"CREATE INDEX idx1 ON public.table1 USING lsm (id HASH) SPLIT INTO 3 TABLETS", true},
+		{"CREATE INDEX idx1 ON public.table1 USING lsm (id ASC) SPLIT AT VALUES ((100))", false},
+		// PostgreSQL's btree keys are ordered.
+		{"CREATE UNIQUE INDEX test_pkey ON public.test USING btree (id)", false},
+		{"", false},
+	}
+	for _, tc := range tests {
+		if got := store.HashSharded(tc.indexdef); got != tc.want {
+			t.Errorf("HashSharded(%q) = %v, want %v", tc.indexdef, got, tc.want)
+		}
+	}
+}
+
+// TestRangeIndexStep runs on PostgreSQL what the hash-sharding step can:
+// as on YugabyteDB it reads the primary key's definition and leaves a
+// table whose key is ordered alone; and RangeIndexSQL is a valid index the
+// page query can read in id order without a sort.
+func TestRangeIndexStep(t *testing.T) {
+	t.Parallel()
+	st, pool := mustStore(t, dbtest.NewSchema(t))
+	if _, _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RunRangeIndexStep(t.Context(), store.YugabyteDB); err != nil {
+		t.Fatalf("the step on a btree primary key: %v", err)
+	}
+	var n int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'test_id_asc'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("range index made for an ordered primary key: %d %v", n, err)
+	}
+	// Without an ordered primary key (as a hash-sharded one is on
+	// YugabyteDB), the page query must use the range index.
+	for _, q := range []string{
+		`ALTER TABLE test DROP CONSTRAINT test_pkey`,
+		store.RangeIndexSQL,
+		`INSERT INTO test (name) SELECT 'r' || g FROM generate_series(1, 5000) AS g`,
+		`ANALYZE test`,
+	} {
+		if _, err := pool.Exec(t.Context(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	rows, err := pool.Query(t.Context(), `EXPLAIN SELECT id, name FROM test WHERE id > 100 ORDER BY id LIMIT 10`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := strings.Join(lines, "\n")
+	if !strings.Contains(plan, "test_id_asc") || strings.Contains(plan, "Sort") {
+		t.Fatalf("page query does not read the range index in order:\n%s", plan)
+	}
+}
