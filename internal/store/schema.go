@@ -24,7 +24,7 @@ const (
 )
 
 // DetectDialect tells YugabyteDB from PostgreSQL by the server_version the
-// server reports at connect time (e.g. "15.12-YB-2025.2.1.0-b0"), without a query.
+// server reports at connect time (e.g. "15.12-YB-2025.2.8.0-b0"), without a query.
 func DetectDialect(serverVersion string) Dialect {
 	if strings.Contains(serverVersion, "-YB-") {
 		return YugabyteDB
