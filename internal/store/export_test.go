@@ -81,6 +81,12 @@ func (s *Store) RunRangeIndexStep(ctx context.Context, d Dialect) error {
 	return rangeIndexOnHashKey(ctx, s.pool, d)
 }
 
+// EnsureRangeIndex creates the hash-sharding step's index, or builds an
+// invalid one again.
+func (s *Store) EnsureRangeIndex(ctx context.Context) error {
+	return ensureRangeIndex(ctx, s.pool)
+}
+
 // PurgeBatch is how many keys PurgeKeys deletes per statement.
 const PurgeBatch = purgeBatch
 

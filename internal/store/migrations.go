@@ -125,7 +125,28 @@ WHERE conrelid = 'test'::regclass
 	if err != nil {
 		return err
 	}
-	_, err = db.Exec(ctx, RangeIndexSQL)
+	return ensureRangeIndex(ctx, db)
+}
+
+// ensureRangeIndex creates RangeIndexSQL's index. An online build that
+// failed part way leaves an invalid index behind, which IF NOT EXISTS
+// would keep: it is dropped and built again.
+func ensureRangeIndex(ctx context.Context, db querier) error {
+	const invalid = `
+SELECT count(*)
+FROM pg_index
+WHERE indexrelid = to_regclass('test_id_asc')
+  AND NOT indisvalid`
+	var n int
+	if err := db.QueryRow(ctx, invalid).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		if _, err := db.Exec(ctx, `DROP INDEX test_id_asc`); err != nil {
+			return err
+		}
+	}
+	_, err := db.Exec(ctx, RangeIndexSQL)
 	return err
 }
 
