@@ -66,3 +66,56 @@ func FailoverMessages() []string {
 	}
 	return out
 }
+
+// Step is a schema step, for tests that build their own list.
+type Step = step
+
+// Migrations returns the schema's steps, oldest first.
+func Migrations() []Step { return migrations }
+
+// NewStep returns a step that runs sqls in order, in one transaction.
+func NewStep(version int, name string, sqls ...string) Step {
+	return step{version: version, name: name, run: statements(sqls...)}
+}
+
+// MigrateWith is Migrate with steps instead of the package's list.
+func (s *Store) MigrateWith(ctx context.Context, steps []Step) (Dialect, string, error) {
+	return s.migrateTo(ctx, steps)
+}
+
+// ApplySteps applies steps under the schema lock as Migrate does, without
+// Migrate's checks of the tables, so a test can leave a database at an
+// earlier step.
+func (s *Store) ApplySteps(ctx context.Context, steps []Step) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	unlock, err := s.lockSchema(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.applyWithRetry(ctx, conn, DetectDialect(conn.Conn().PgConn().ParameterStatus("server_version")), steps)
+}
+
+// RunRangeIndexStep runs the hash-sharding step as it runs on dialect d.
+func (s *Store) RunRangeIndexStep(ctx context.Context, d Dialect) error {
+	return rangeIndexOnHashKey(ctx, s.pool, d)
+}
+
+// EnsureRangeIndex creates the hash-sharding step's index, or builds an
+// invalid one again.
+func (s *Store) EnsureRangeIndex(ctx context.Context) error {
+	return ensureRangeIndex(ctx, s.pool)
+}
+
+// PurgeBatch is how many keys PurgeKeys deletes per statement.
+const PurgeBatch = purgeBatch
+
+// Version returns the step's version.
+func (s step) Version() int { return s.version }
+
+// SchemaLock is the advisory lock key Migrate takes.
+const SchemaLock = schemaLock

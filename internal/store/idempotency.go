@@ -203,18 +203,40 @@ WHERE key = $1
 	return resp, nil
 }
 
+// purgeBatch is how many keys PurgeKeys deletes per statement.
+const purgeBatch = 1000
+
 // PurgeKeys deletes the idempotency keys older than ttl, which CreateOnce
 // already treats as absent, and returns how many it deleted.
+//
+// It deletes them purgeBatch at a time, oldest first, each batch its own
+// statement and so its own transaction: on YugabyteDB one DELETE of every
+// expired key would be a single distributed transaction over the whole
+// table, holding its locks (and memory) for as long as it runs. A key taken
+// over meanwhile (created_at set anew) no longer matches the outer
+// condition, which the server checks again on the row it deletes.
 func (s *Store) PurgeKeys(ctx context.Context, ttl time.Duration) (int64, error) {
 	if !s.ready.Load() {
 		return 0, errNotMigrated
 	}
 	const q = `
 DELETE FROM idempotency_keys
-WHERE created_at < now() - make_interval(secs => $1)`
-	tag, err := s.pool.Exec(ctx, q, ttl.Seconds())
-	if err != nil {
-		return 0, fmt.Errorf("purge idempotency keys: %w", s.classify(err))
+WHERE created_at < now() - make_interval(secs => $1)
+  AND key IN (
+    SELECT key
+    FROM idempotency_keys
+    WHERE created_at < now() - make_interval(secs => $1)
+    ORDER BY created_at
+    LIMIT $2)`
+	var deleted int64
+	for {
+		tag, err := s.pool.Exec(ctx, q, ttl.Seconds(), purgeBatch)
+		if err != nil {
+			return deleted, fmt.Errorf("purge idempotency keys: %w", s.classify(err))
+		}
+		deleted += tag.RowsAffected()
+		if tag.RowsAffected() < purgeBatch {
+			return deleted, nil
+		}
 	}
-	return tag.RowsAffected(), nil
 }

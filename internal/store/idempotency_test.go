@@ -3,9 +3,11 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/dbtest"
 	"github.com/ybrest/testsapi/internal/store"
@@ -128,5 +130,61 @@ func TestCreateOnceNotReady(t *testing.T) {
 	}
 	if _, err := st.PurgeKeys(t.Context(), time.Hour); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("PurgeKeys before Migrate: %v", err)
+	}
+}
+
+// TestPurgeKeysInBatches: more expired keys than one batch are all purged,
+// by statements of at most one batch each (a statement trigger the test
+// installs logs how many rows each DELETE took), and keys alive stay.
+func TestPurgeKeysInBatches(t *testing.T) {
+	t.Parallel()
+	st, pool := mustStore(t, dbtest.NewSchema(t))
+	if _, _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	const expired, alive = 2*store.PurgeBatch + 7, 5
+	const fill = `
+INSERT INTO idempotency_keys (key, fingerprint, claim, status, created_at)
+SELECT $1 || g, 'f', 'c', 201, now() - make_interval(secs => $2)
+FROM generate_series(1, $3) AS g`
+	if _, err := pool.Exec(t.Context(), fill, "old-", 7200, expired); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(t.Context(), fill, "new-", 0, alive); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`CREATE TABLE purge_log (n bigint, at timestamptz DEFAULT clock_timestamp())`,
+		`CREATE FUNCTION log_purge() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO purge_log (n) SELECT count(*) FROM gone;
+    RETURN NULL;
+END
+$$`,
+		`CREATE TRIGGER log_purge AFTER DELETE ON idempotency_keys
+REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION log_purge()`,
+	} {
+		if _, err := pool.Exec(t.Context(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := st.PurgeKeys(t.Context(), time.Hour)
+	if err != nil || n != expired {
+		t.Fatalf("PurgeKeys: %d, %v; want %d", n, err, expired)
+	}
+	var left int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM idempotency_keys WHERE key LIKE 'new-%'`).Scan(&left); err != nil || left != alive {
+		t.Fatalf("keys alive after the purge: %d %v, want %d", left, err, alive)
+	}
+	rows, err := pool.Query(t.Context(), `SELECT n FROM purge_log ORDER BY at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batches, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if want := []int64{store.PurgeBatch, store.PurgeBatch, 7}; err != nil || fmt.Sprint(batches) != fmt.Sprint(want) {
+		t.Fatalf("rows per DELETE: %v %v, want %v", batches, err, want)
+	}
+	if n, err := st.PurgeKeys(t.Context(), time.Hour); err != nil || n != 0 {
+		t.Fatalf("second PurgeKeys: %d, %v; want 0", n, err)
 	}
 }

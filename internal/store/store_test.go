@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -55,34 +54,6 @@ func TestCreateTableSQL(t *testing.T) {
 			if !strings.Contains(ddl, want) {
 				t.Errorf("DDL lacks %q:\n%s", want, ddl)
 			}
-		}
-	}
-}
-
-// TestMigrateConcurrently starts several "instances" (each its own pool) on
-// one empty schema at once: every one must come up.
-func TestMigrateConcurrently(t *testing.T) {
-	t.Parallel()
-	url := dbtest.NewSchema(t)
-	const instances = 8
-	var wg sync.WaitGroup
-	errs := make([]error, instances)
-	stores := make([]*store.Store, instances)
-	for i := range instances {
-		stores[i], _ = mustStore(t, url)
-	}
-	for i := range instances {
-		wg.Go(func() { _, _, errs[i] = stores[i].Migrate(t.Context()) })
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("instance %d: %v", i, err)
-		}
-	}
-	for i, st := range stores {
-		if _, err := st.Create(t.Context(), "from-"+string(rune('a'+i))); err != nil {
-			t.Errorf("instance %d create: %v", i, err)
 		}
 	}
 }
