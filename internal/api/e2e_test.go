@@ -181,11 +181,11 @@ func TestClientEndToEnd(t *testing.T) {
 	}
 
 	// Get: 200 with the row; 404 problem for an id nobody has.
-	got, err := c.GetTestWithResponse(ctx, int64(bob.Id))
+	got, err := c.GetTestWithResponse(ctx, apiclient.TestId(bob.Id), nil)
 	if err != nil || got.JSON200 == nil || *got.JSON200 != bob {
 		t.Fatalf("get %d: %v %v %s", bob.Id, err, got.Status(), got.Body)
 	}
-	missing, err := c.GetTestWithResponse(ctx, int64(rows[len(rows)-1].Id)+1000)
+	missing, err := c.GetTestWithResponse(ctx, apiclient.TestId(rows[len(rows)-1].Id)+1000, nil)
 	if err != nil || missing.ApplicationproblemJSON404 == nil || missing.ApplicationproblemJSON404.Status != 404 {
 		t.Fatalf("get a missing id: %v %v %s", err, missing.Status(), missing.Body)
 	}

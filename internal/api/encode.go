@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -35,7 +36,13 @@ func writeBody(w http.ResponseWriter, status int, contentType string, body []byt
 // http.MaxBytesReader so no more than limit bytes are ever held. A body
 // over the limit gives *http.MaxBytesError.
 func readJSONBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
-	if err := checkJSONContentType(r.Header.Get("Content-Type")); err != nil {
+	return readBody(w, r, limit, mediaJSON)
+}
+
+// readBody is readJSONBody for a body of one of the media types types, the
+// preferred first.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, types ...string) ([]byte, error) {
+	if err := checkContentType(r.Header.Get("Content-Type"), types...); err != nil {
 		return nil, err
 	}
 	if r.ContentLength > limit {
@@ -53,23 +60,26 @@ func readJSONBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, 
 	return body, nil
 }
 
-func checkJSONContentType(v string) error {
+// checkContentType accepts v when it is one of types, with no parameter but
+// charset=utf-8; anything else is a 415 that names the types.
+func checkContentType(v string, types ...string) error {
+	want := strings.Join(types, " or ")
 	unsupported := &requestError{
 		status: http.StatusUnsupportedMediaType,
-		detail: "Content-Type must be application/json.",
+		detail: "Content-Type must be " + want + ".",
 	}
 	if v == "" {
 		return unsupported
 	}
 	mt, params, err := mime.ParseMediaType(v)
-	if err != nil || mt != "application/json" {
+	if err != nil || !slices.Contains(types, mt) {
 		return unsupported
 	}
 	for k, p := range params {
 		if k != "charset" || !strings.EqualFold(p, "utf-8") {
 			return &requestError{
 				status: http.StatusUnsupportedMediaType,
-				detail: "Content-Type must be application/json, with no parameter but charset=utf-8.",
+				detail: "Content-Type must be " + want + ", with no parameter but charset=utf-8.",
 			}
 		}
 	}

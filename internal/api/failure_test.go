@@ -46,6 +46,16 @@ func (f failingStore) Stream(context.Context, int64, int, func(store.Test) error
 	return f.fail()
 }
 func (f failingStore) Ping(context.Context) error { return f.fail() }
+func (f failingStore) RenameOnce(context.Context, store.KeyedRename, func(store.Test, error) store.Response) (store.Response, error) {
+	return store.Response{}, f.fail()
+}
+func (f failingStore) Rename(context.Context, int64, string, store.Match) (store.Test, error) {
+	return store.Test{}, f.fail()
+}
+func (f failingStore) Delete(context.Context, int64, store.Match) error { return f.fail() }
+func (f failingStore) FindByName(context.Context, string, int64) ([]store.Test, error) {
+	return nil, f.fail()
+}
 
 // secret stands for driver or SQL text that must never reach a client.
 const secret = `ERROR: relation "test" SELECT id, name FROM test (SQLSTATE 42P01) at pgx.go:123`

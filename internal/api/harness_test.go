@@ -166,6 +166,13 @@ func specRouter(t *testing.T) routers.Router {
 func checkSpec(t *testing.T, req *http.Request, res response) {
 	t.Helper()
 	route, params, err := specRouter(t).FindRoute(req)
+	for _, v := range params {
+		if v == "" && err == nil {
+			// The legacy router matches /tests to /tests/{id} with an
+			// empty id: DELETE /tests is not that operation.
+			err = routers.ErrPathNotFound
+		}
+	}
 	if err != nil {
 		if res.status != http.StatusNotFound && res.status != http.StatusMethodNotAllowed {
 			t.Errorf("%s %s: not in openapi.yaml (%v) but answered %d", req.Method, req.URL, err, res.status)

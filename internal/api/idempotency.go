@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,25 +71,65 @@ func fingerprint(names []string, single bool) []byte {
 // retry with the same key and body get byte for byte.
 func createOnce(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testStore, k store.KeyedCreate, single bool) {
 	resp, err := st.CreateOnce(r.Context(), k, func(created []store.Test, err error) store.Response {
-		rec := &recorder{header: http.Header{}}
-		if err != nil {
-			respond(log, rec, r, err)
-		} else {
-			writeCreated(rec, created, single)
-		}
-		return store.Response{
-			Status:      rec.status,
-			ContentType: rec.header.Get("Content-Type"),
-			Location:    rec.header.Get("Location"),
-			Body:        rec.body.Bytes(),
-		}
+		return record(func(rec http.ResponseWriter) {
+			if err != nil {
+				respond(log, rec, r, err)
+			} else {
+				writeCreated(rec, created, single)
+			}
+		})
 	})
+	writeKept(log, w, r, resp, err)
+}
+
+// renameFingerprint identifies what a rename asks for, If-Match included:
+// the same key with another condition is another request.
+func renameFingerprint(id int64, name string, ifMatch []string) []byte {
+	h := sha256.New()
+	h.Write([]byte("PATCH /tests/" + strconv.FormatInt(id, 10) + "\x00" + name + "\x00"))
+	h.Write([]byte(strings.Join(ifMatch, ",")))
+	return h.Sum(nil)
+}
+
+// renameOnce answers a keyed PATCH /tests/{id} as createOnce answers a
+// keyed POST.
+func renameOnce(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testStore, k store.KeyedRename) {
+	resp, err := st.RenameOnce(r.Context(), k, func(t store.Test, err error) store.Response {
+		return record(func(rec http.ResponseWriter) {
+			if err != nil {
+				respond(log, rec, r, err)
+			} else {
+				writeRenamed(rec, t)
+			}
+		})
+	})
+	writeKept(log, w, r, resp, err)
+}
+
+// record runs write on a recorder and returns what it wrote, to be kept.
+func record(write func(w http.ResponseWriter)) store.Response {
+	rec := &recorder{header: http.Header{}}
+	write(rec)
+	return store.Response{
+		Status:      rec.status,
+		ContentType: rec.header.Get("Content-Type"),
+		Location:    rec.header.Get("Location"),
+		Body:        rec.body.Bytes(),
+	}
+}
+
+// writeKept answers a keyed request with its kept answer, or err. A kept
+// 200 is a renamed row, whose ETag is that of its body.
+func writeKept(log *slog.Logger, w http.ResponseWriter, r *http.Request, resp store.Response, err error) {
 	if err != nil {
 		respond(log, w, r, err)
 		return
 	}
 	if resp.Location != "" {
 		w.Header().Set("Location", resp.Location)
+	}
+	if resp.Status == http.StatusOK {
+		w.Header().Set("ETag", etagOf(resp.Body))
 	}
 	w.Header().Set("Content-Type", resp.ContentType)
 	w.WriteHeader(resp.Status)

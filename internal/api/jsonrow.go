@@ -22,6 +22,12 @@ func appendTest(b []byte, t store.Test) []byte {
 	return append(b, '}')
 }
 
+// appendRow appends t as the body of an answer of one row: its JSON and a
+// newline, as encode writes a value.
+func appendRow(b []byte, t store.Test) []byte {
+	return append(appendTest(b, t), '\n')
+}
+
 // appendPage appends ts as a JSON array and a newline, as encode writes
 // one.
 func appendPage(b []byte, ts []store.Test) []byte {

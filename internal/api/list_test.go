@@ -302,8 +302,9 @@ func TestRouting(t *testing.T) {
 	tests := []struct{ method, path, allow string }{
 		{"DELETE", "/tests", "GET, HEAD, POST"},
 		{"PUT", "/tests", "GET, HEAD, POST"},
-		{"POST", "/tests/1", "GET, HEAD"},
-		{"DELETE", "/tests/1", "GET, HEAD"},
+		{"POST", "/tests/1", "GET, HEAD, PATCH, DELETE"},
+		{"PUT", "/tests/1", "GET, HEAD, PATCH, DELETE"},
+		{"PATCH", "/tests", "GET, HEAD, POST"},
 		{"POST", "/healthz", "GET, HEAD"},
 	}
 	for _, tc := range tests {

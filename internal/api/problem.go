@@ -70,6 +70,9 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 			"A name in the request is already taken; nothing was stored.", nil)
 	case errors.Is(err, store.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, "No test has this id.", nil)
+	case errors.Is(err, store.ErrPreconditionFailed):
+		writeProblem(w, http.StatusPreconditionFailed,
+			"The test has changed: its ETag is not one If-Match names. Read it again, then retry.", nil)
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		// A warning, not an error: it is expected while the database is
 		// away, and readiness probes would otherwise flood the error log.

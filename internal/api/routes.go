@@ -21,9 +21,13 @@ type testStore interface {
 	Create(ctx context.Context, name string) (store.Test, error)
 	CreateMany(ctx context.Context, names []string) ([]store.Test, error)
 	CreateOnce(ctx context.Context, k store.KeyedCreate, answer func([]store.Test, error) store.Response) (store.Response, error)
+	RenameOnce(ctx context.Context, k store.KeyedRename, answer func(store.Test, error) store.Response) (store.Response, error)
 	Get(ctx context.Context, id int64) (store.Test, error)
+	Rename(ctx context.Context, id int64, name string, match store.Match) (store.Test, error)
+	Delete(ctx context.Context, id int64, match store.Match) error
 	List(ctx context.Context, after int64, limit int) ([]store.Test, error)
 	Stream(ctx context.Context, after int64, limit int, fn func(store.Test) error) error
+	FindByName(ctx context.Context, name string, after int64) ([]store.Test, error)
 	Ping(ctx context.Context) error
 }
 
@@ -83,6 +87,10 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 		Post("/tests", handleTestsCreate(log, st, lim, o.idempotencyTTL).ServeHTTP)
 	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
 	r.With(timeout(lim.RequestTimeout)).Get("/tests/{id}", handleTestsGet(log, st).ServeHTTP)
+	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
+		Patch("/tests/{id}", handleTestsRename(log, st, lim, o.idempotencyTTL).ServeHTTP)
+	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
+		Delete("/tests/{id}", handleTestsDelete(log, st).ServeHTTP)
 	r.Get("/healthz", handleHealthz().ServeHTTP)
 	r.Get("/readyz", handleReadyz(log, st).ServeHTTP)
 	r.Get("/openapi.yaml", handleOpenAPI(testsapi.OpenAPI).ServeHTTP)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/ybrest/testsapi/internal/store"
@@ -28,6 +29,8 @@ const (
 	mediaJSON   = "application/json"
 	mediaNDJSON = "application/x-ndjson"
 	mediaCSV    = "text/csv"
+	// mediaMergePatch is RFC 7396's JSON merge patch, PATCH's body.
+	mediaMergePatch = "application/merge-patch+json"
 )
 
 // handleTestsCreate handles POST /tests: 201, 400, 401, 409, 413, 415, 422,
@@ -96,21 +99,16 @@ func writeCreated(w http.ResponseWriter, ts []store.Test, single bool) {
 func writeRow(w http.ResponseWriter, status int, t store.Test) {
 	bp := getBuffer()
 	defer putBuffer(bp)
-	*bp = append(appendTest(*bp, t), '\n')
+	*bp = appendRow(*bp, t)
 	writeBody(w, status, mediaJSON, *bp)
 }
 
-// handleTestsGet handles GET /tests/{id}: 200, 400, 404, 503.
+// handleTestsGet handles GET /tests/{id}: 200, 304, 400, 404, 503.
 func handleTestsGet(log *slog.Logger, st testStore) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := parseUint(chi.URLParam(r, "id"))
-		if errors.Is(err, strconv.ErrRange) {
-			// A positive integer, just larger than any id can be.
-			respond(log, w, r, store.ErrNotFound)
-			return
-		}
-		if err != nil || id == 0 {
-			respond(log, w, r, badRequest("The id must be a positive integer."))
+		id, err := pathID(r)
+		if err != nil {
+			respond(log, w, r, err)
 			return
 		}
 		t, err := st.Get(r.Context(), id)
@@ -118,8 +116,125 @@ func handleTestsGet(log *slog.Logger, st testStore) http.Handler {
 			respond(log, w, r, err)
 			return
 		}
-		writeRow(w, http.StatusOK, t)
+		bp := getBuffer()
+		defer putBuffer(bp)
+		*bp = appendRow(*bp, t)
+		writeTagged(w, r, mediaJSON, *bp)
 	})
+}
+
+// handleTestsRename handles PATCH /tests/{id}: 200, 400, 401, 404, 409,
+// 412, 413, 415, 422, 503. The body is a JSON merge patch (RFC 7396) of the
+// row: {"name": "New"}, under the same rules as a POST of one row. With
+// If-Match the row must still have one of the ETags given (checked under a
+// row lock, in the transaction of the rename); with an Idempotency-Key the
+// rename runs at most once per key, as a POST does.
+func handleTestsRename(log *slog.Logger, st testStore, lim Limits, keyTTL time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		key, err := idempotencyKey(r)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		cond, err := ifMatch(r)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		body, err := readBody(w, r, lim.MaxBodyBytes, mediaMergePatch, mediaJSON)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		if first(body) == '[' {
+			respond(log, w, r, badRequest(`A PATCH body is one object like {"name": "New"}.`))
+			return
+		}
+		names, _, err := parseCreate(body, 1)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		match := rowMatch(cond)
+		if key != "" {
+			renameOnce(log, w, r, st, store.KeyedRename{
+				Key:         key,
+				Fingerprint: renameFingerprint(id, names[0], r.Header.Values("If-Match")),
+				ID:          id,
+				Name:        names[0],
+				Match:       match,
+				TTL:         keyTTL,
+				StaleAfter:  lim.RequestTimeout,
+			})
+			return
+		}
+		t, err := st.Rename(r.Context(), id, names[0], match)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		writeRenamed(w, t)
+	})
+}
+
+// writeRenamed answers a rename: 200 with the row and its new ETag.
+func writeRenamed(w http.ResponseWriter, t store.Test) {
+	bp := getBuffer()
+	defer putBuffer(bp)
+	*bp = appendRow(*bp, t)
+	w.Header().Set("ETag", etagOf(*bp))
+	writeBody(w, http.StatusOK, mediaJSON, *bp)
+}
+
+// handleTestsDelete handles DELETE /tests/{id}: 204, 400, 401, 404, 412,
+// 503. With If-Match the row must still have one of the ETags given.
+func handleTestsDelete(log *slog.Logger, st testStore) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		cond, err := ifMatch(r)
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		if err := st.Delete(r.Context(), id, rowMatch(cond)); err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// rowMatch turns an If-Match condition into the store's condition on the
+// current row: the ETag its representation has now. Nil stays nil.
+func rowMatch(cond func(etag string) bool) store.Match {
+	if cond == nil {
+		return nil
+	}
+	return func(cur store.Test) bool {
+		return cond(etagOf(appendRow(nil, cur)))
+	}
+}
+
+// pathID reads the {id} of the path: a 400 unless a positive integer, and
+// ErrNotFound for one larger than any id can be.
+func pathID(r *http.Request) (int64, error) {
+	id, err := parseUint(chi.URLParam(r, "id"))
+	if errors.Is(err, strconv.ErrRange) {
+		return 0, store.ErrNotFound
+	}
+	if err != nil || id == 0 {
+		return 0, badRequest("The id must be a positive integer.")
+	}
+	return id, nil
 }
 
 // handleTestsList handles GET /tests: 200, 400, 406, 503. JSON answers one
@@ -141,14 +256,33 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 		// Unlike URL.Query, ParseQuery reports what it cannot parse, and a
 		// repeated parameter is ambiguous: both are 400s, not ignored.
 		q, err := url.ParseQuery(r.URL.RawQuery)
-		if err != nil || len(q["after"]) > 1 || len(q["limit"]) > 1 {
-			respond(log, w, r, badRequest("The query string is malformed or repeats after or limit."))
+		if err != nil || len(q["after"]) > 1 || len(q["limit"]) > 1 || len(q["name"]) > 1 {
+			respond(log, w, r, badRequest("The query string is malformed or repeats after, limit or name."))
 			return
 		}
 		after, limit, err := parsePage(q.Get("after"), q.Has("after"), q.Get("limit"), q.Has("limit"))
 		if err != nil {
 			respond(log, w, r, err)
 			return
+		}
+		// rows reads what the request asks for: every row from after on
+		// (up to limit), or with name the one row of that name.
+		rows := func(ctx context.Context, fn func(store.Test) error) error {
+			return st.Stream(ctx, after, limit, fn)
+		}
+		name, byName := q.Get("name"), q.Has("name")
+		if byName {
+			if !utf8.ValidString(name) || strings.ContainsRune(name, 0) {
+				respond(log, w, r, badRequest("name must be valid UTF-8 without NUL."))
+				return
+			}
+			rows = func(ctx context.Context, fn func(store.Test) error) error {
+				ts, err := st.FindByName(ctx, name, after)
+				for i := 0; err == nil && i < len(ts); i++ {
+					err = fn(ts[i])
+				}
+				return err
+			}
 		}
 		if media != mediaJSON {
 			// Each export holds a database connection for as long as the
@@ -163,7 +297,7 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 				})
 				return
 			}
-			stream(log, w, r, st, media, after, limit, lim)
+			stream(log, w, r, media, rows, lim)
 			return
 		}
 		if limit == 0 {
@@ -171,19 +305,24 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), lim.RequestTimeout)
 		defer cancel()
-		ts, err := st.List(ctx, after, limit)
+		var ts []store.Test
+		if byName {
+			ts, err = st.FindByName(ctx, name, after)
+		} else {
+			ts, err = st.List(ctx, after, limit)
+		}
 		if err != nil {
 			respond(log, w, r, err)
 			return
 		}
-		if len(ts) == limit {
+		if len(ts) == limit && !byName {
 			next := "/tests?after=" + strconv.Itoa(int(ts[len(ts)-1].ID)) + "&limit=" + strconv.Itoa(limit)
 			w.Header().Set("Link", "<"+next+`>; rel="next"`)
 		}
 		bp := getBuffer()
 		defer putBuffer(bp)
 		*bp = appendPage(*bp, ts)
-		writeBody(w, http.StatusOK, mediaJSON, *bp)
+		writeTagged(w, r, mediaJSON, *bp)
 	})
 }
 
@@ -232,7 +371,7 @@ const streamFlushBytes = 32 << 10
 // error can no longer be reported as a problem: the connection is then
 // aborted, so the client sees a truncated response instead of a short one
 // that looks complete.
-func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testStore, media string, after int64, limit int, lim Limits) {
+func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media string, rows func(context.Context, func(store.Test) error) error, lim Limits) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	firstRow := time.AfterFunc(lim.RequestTimeout, cancel)
@@ -255,7 +394,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, st testSto
 		_, _ = bw.WriteString(format.header)
 		w.WriteHeader(http.StatusOK)
 	}
-	err := st.Stream(ctx, after, limit, func(t store.Test) error {
+	err := rows(ctx, func(t store.Test) error {
 		if !started {
 			if !firstRow.Stop() {
 				// The timeout fired as the row came: nothing is sent yet,
@@ -311,18 +450,13 @@ type exportFormat struct {
 var exportFormats = map[string]exportFormat{
 	mediaNDJSON: {
 		contentType: mediaNDJSON + "; charset=utf-8",
-		appendRow:   appendNDJSON,
+		appendRow:   appendRow,
 	},
 	mediaCSV: {
 		contentType: mediaCSV + "; charset=utf-8; header=present",
 		header:      "id,name\r\n",
 		appendRow:   appendCSV,
 	},
-}
-
-// appendNDJSON appends t as one NDJSON line.
-func appendNDJSON(b []byte, t store.Test) []byte {
-	return append(appendTest(b, t), '\n')
 }
 
 // appendCSV appends t as one RFC 4180 record. The name is quoted when it

@@ -166,8 +166,17 @@ type After = int64
 // IdempotencyKey defines model for IdempotencyKey.
 type IdempotencyKey = string
 
+// IfMatch defines model for IfMatch.
+type IfMatch = string
+
+// IfNoneMatch defines model for IfNoneMatch.
+type IfNoneMatch = string
+
 // Limit defines model for Limit.
 type Limit = int
+
+// Name defines model for Name.
+type Name = string
 
 // TestId defines model for TestId.
 type TestId = int64
@@ -217,6 +226,11 @@ type NotFound = Problem
 // Example: {"detail":"No test has this id.","status":404,"title":"Not Found","type":"about:blank"}
 type PayloadTooLarge = Problem
 
+// PreconditionFailed An RFC 9457 problem details document.
+//
+// Example: {"detail":"No test has this id.","status":404,"title":"Not Found","type":"about:blank"}
+type PreconditionFailed = Problem
+
 // ServiceUnavailable An RFC 9457 problem details document.
 //
 // Example: {"detail":"No test has this id.","status":404,"title":"Not Found","type":"about:blank"}
@@ -250,6 +264,14 @@ type ListTestsParams struct {
 	// After Keyset pagination cursor: return only rows with an id greater than
 	// this value.
 	After *After `form:"after,omitempty" json:"after,omitempty"`
+
+	// Name Only the test with exactly this name (zero or one row). It must be
+	// valid UTF-8 without NUL (else `400`).
+	Name *Name `form:"name,omitempty" json:"name,omitempty"`
+
+	// IfNoneMatch Entity tags of representations the client has (or `*`); when the
+	// current one is among them the answer is `304` without a body.
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
 }
 
 // CreateTestsParams defines parameters for CreateTests.
@@ -262,8 +284,44 @@ type CreateTestsParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// DeleteTestParams defines parameters for DeleteTest.
+type DeleteTestParams struct {
+	// IfMatch Entity tags (or `*`) the test must still have for the change to
+	// happen; otherwise `412`. Strong comparison: a weak tag never
+	// matches. A malformed value is a `400`.
+	IfMatch *IfMatch `json:"If-Match,omitempty"`
+}
+
+// GetTestParams defines parameters for GetTest.
+type GetTestParams struct {
+	// IfNoneMatch Entity tags of representations the client has (or `*`); when the
+	// current one is among them the answer is `304` without a body.
+	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+}
+
+// RenameTestParams defines parameters for RenameTest.
+type RenameTestParams struct {
+	// IfMatch Entity tags (or `*`) the test must still have for the change to
+	// happen; otherwise `412`. Strong comparison: a weak tag never
+	// matches. A malformed value is a `400`.
+	IfMatch *IfMatch `json:"If-Match,omitempty"`
+
+	// IdempotencyKey A key the client chooses for this create (a UUID, say), 1 to 255
+	// printable ASCII characters, sent at most once; anything else is a
+	// `400`. The value is compared as it is (the draft's quoted form
+	// `"..."` works too). A retry with the same key and body replays the
+	// first answer.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // CreateTestsJSONRequestBody defines body for CreateTests for application/json ContentType.
 type CreateTestsJSONRequestBody = NewTests
+
+// RenameTestJSONRequestBody defines body for RenameTest for application/json ContentType.
+type RenameTestJSONRequestBody = NewTest
+
+// RenameTestApplicationMergePatchPlusJSONRequestBody defines body for RenameTest for application/merge-patch+json ContentType.
+type RenameTestApplicationMergePatchPlusJSONRequestBody = NewTest
 
 // AsTest returns the union data inside the CreatedTests as a Test
 func (t CreatedTests) AsTest() (Test, error) {
@@ -547,6 +605,13 @@ type ClientInterface interface {
 	// * `text/csv`: a header line `id,name`, then one row per test, with
 	//   RFC 4180 quoting and CRLF line ends; streamed like NDJSON.
 	//
+	// With `name`, the answer holds the one test of that name (if its id
+	// is greater than `after`), or none: a JSON array, or an export of
+	// zero or one row, found by the unique index on name.
+	//
+	// JSON pages carry a strong `ETag` of their body; `If-None-Match` with
+	// it gives `304` without a body. Exports, which stream, carry none.
+	//
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
@@ -632,12 +697,99 @@ type ClientInterface interface {
 	// Corresponds with POST /tests (the `CreateTests` operationId).
 	CreateTests(ctx context.Context, params *CreateTestsParams, body CreateTestsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeleteTest Delete a test
+	//
+	// Deletes the test; its name may be taken again at once. With
+	// `If-Match`, only if the test still has one of the entity tags given
+	// (else `412`, nothing deleted). **Authentication** as for
+	// `POST /tests`.
+	//
+	// Corresponds with DELETE /tests/{id} (the `DeleteTest` operationId).
+	DeleteTest(ctx context.Context, id TestId, params *DeleteTestParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetTest Get a test
 	//
-	// Returns the test with the given id.
+	// Returns the test with the given id, with a strong `ETag` that
+	// changes whenever its representation does; `If-None-Match` with it
+	// gives `304` without a body.
 	//
 	// Corresponds with GET /tests/{id} (the `GetTest` operationId).
-	GetTest(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	GetTest(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenameTestWithBody Rename a test
+	//
+	// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+	// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+	// or `application/json`; the name follows the rules of `POST /tests`
+	// (the same `400`, `409`, `415` and `422` answers). The answer is the
+	// renamed test with its new `ETag`.
+	//
+	// **If-Match.** With the `ETag` of a previous read, the rename happens
+	// only if the test still has it: otherwise `412` and nothing changes.
+	// The check and the rename run in one transaction under a row lock, so
+	// of two renames sent with the same `If-Match` one gets `200` and the
+	// other `412`.
+	//
+	// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+	// most once per key, and a retry gets the first answer (`200`, `404`,
+	// `409` or `412`) again.
+	//
+	// **Authentication** as for `POST /tests`.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+	RenameTestWithBody(ctx context.Context, id TestId, params *RenameTestParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenameTest Rename a test
+	//
+	// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+	// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+	// or `application/json`; the name follows the rules of `POST /tests`
+	// (the same `400`, `409`, `415` and `422` answers). The answer is the
+	// renamed test with its new `ETag`.
+	//
+	// **If-Match.** With the `ETag` of a previous read, the rename happens
+	// only if the test still has it: otherwise `412` and nothing changes.
+	// The check and the rename run in one transaction under a row lock, so
+	// of two renames sent with the same `If-Match` one gets `200` and the
+	// other `412`.
+	//
+	// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+	// most once per key, and a retry gets the first answer (`200`, `404`,
+	// `409` or `412`) again.
+	//
+	// **Authentication** as for `POST /tests`.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+	RenameTest(ctx context.Context, id TestId, params *RenameTestParams, body RenameTestJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenameTestWithApplicationMergePatchPlusJSONBody Rename a test
+	//
+	// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+	// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+	// or `application/json`; the name follows the rules of `POST /tests`
+	// (the same `400`, `409`, `415` and `422` answers). The answer is the
+	// renamed test with its new `ETag`.
+	//
+	// **If-Match.** With the `ETag` of a previous read, the rename happens
+	// only if the test still has it: otherwise `412` and nothing changes.
+	// The check and the rename run in one transaction under a row lock, so
+	// of two renames sent with the same `If-Match` one gets `200` and the
+	// other `412`.
+	//
+	// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+	// most once per key, and a retry gets the first answer (`200`, `404`,
+	// `409` or `412`) again.
+	//
+	// **Authentication** as for `POST /tests`.
+	//
+	// Takes a body of the `application/merge-patch+json` content type.
+	//
+	// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+	RenameTestWithApplicationMergePatchPlusJSONBody(ctx context.Context, id TestId, params *RenameTestParams, body RenameTestApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // GetRoot Redirect to the API documentation
@@ -794,6 +946,13 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 //   - `text/csv`: a header line `id,name`, then one row per test, with
 //     RFC 4180 quoting and CRLF line ends; streamed like NDJSON.
 //
+// With `name`, the answer holds the one test of that name (if its id
+// is greater than `after`), or none: a JSON array, or an export of
+// zero or one row, found by the unique index on name.
+//
+// JSON pages carry a strong `ETag` of their body; `If-None-Match` with
+// it gives `304` without a body. Exports, which stream, carry none.
+//
 // Corresponds with GET /tests (the `ListTests` operationId).
 func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListTestsRequest(c.Server, params)
@@ -909,13 +1068,140 @@ func (c *Client) CreateTests(ctx context.Context, params *CreateTestsParams, bod
 	return c.Client.Do(req)
 }
 
+// DeleteTest Delete a test
+//
+// Deletes the test; its name may be taken again at once. With
+// `If-Match`, only if the test still has one of the entity tags given
+// (else `412`, nothing deleted). **Authentication** as for
+// `POST /tests`.
+//
+// Corresponds with DELETE /tests/{id} (the `DeleteTest` operationId).
+func (c *Client) DeleteTest(ctx context.Context, id TestId, params *DeleteTestParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteTestRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // GetTest Get a test
 //
-// Returns the test with the given id.
+// Returns the test with the given id, with a strong `ETag` that
+// changes whenever its representation does; `If-None-Match` with it
+// gives `304` without a body.
 //
 // Corresponds with GET /tests/{id} (the `GetTest` operationId).
-func (c *Client) GetTest(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewGetTestRequest(c.Server, id)
+func (c *Client) GetTest(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetTestRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenameTestWithBody Rename a test
+//
+// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+// or `application/json`; the name follows the rules of `POST /tests`
+// (the same `400`, `409`, `415` and `422` answers). The answer is the
+// renamed test with its new `ETag`.
+//
+// **If-Match.** With the `ETag` of a previous read, the rename happens
+// only if the test still has it: otherwise `412` and nothing changes.
+// The check and the rename run in one transaction under a row lock, so
+// of two renames sent with the same `If-Match` one gets `200` and the
+// other `412`.
+//
+// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+// most once per key, and a retry gets the first answer (`200`, `404`,
+// `409` or `412`) again.
+//
+// **Authentication** as for `POST /tests`.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+func (c *Client) RenameTestWithBody(ctx context.Context, id TestId, params *RenameTestParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenameTestRequestWithBody(c.Server, id, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenameTest Rename a test
+//
+// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+// or `application/json`; the name follows the rules of `POST /tests`
+// (the same `400`, `409`, `415` and `422` answers). The answer is the
+// renamed test with its new `ETag`.
+//
+// **If-Match.** With the `ETag` of a previous read, the rename happens
+// only if the test still has it: otherwise `412` and nothing changes.
+// The check and the rename run in one transaction under a row lock, so
+// of two renames sent with the same `If-Match` one gets `200` and the
+// other `412`.
+//
+// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+// most once per key, and a retry gets the first answer (`200`, `404`,
+// `409` or `412`) again.
+//
+// **Authentication** as for `POST /tests`.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+func (c *Client) RenameTest(ctx context.Context, id TestId, params *RenameTestParams, body RenameTestJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenameTestRequest(c.Server, id, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenameTestWithApplicationMergePatchPlusJSONBody Rename a test
+//
+// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+// or `application/json`; the name follows the rules of `POST /tests`
+// (the same `400`, `409`, `415` and `422` answers). The answer is the
+// renamed test with its new `ETag`.
+//
+// **If-Match.** With the `ETag` of a previous read, the rename happens
+// only if the test still has it: otherwise `412` and nothing changes.
+// The check and the rename run in one transaction under a row lock, so
+// of two renames sent with the same `If-Match` one gets `200` and the
+// other `412`.
+//
+// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+// most once per key, and a retry gets the first answer (`200`, `404`,
+// `409` or `412`) again.
+//
+// **Authentication** as for `POST /tests`.
+//
+// Takes a body of the `application/merge-patch+json` content type.
+//
+// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+func (c *Client) RenameTestWithApplicationMergePatchPlusJSONBody(ctx context.Context, id TestId, params *RenameTestParams, body RenameTestApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenameTestRequestWithApplicationMergePatchPlusJSONBody(c.Server, id, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -1174,6 +1460,18 @@ func NewListTestsRequest(server string, params *ListTestsParams) (*http.Request,
 
 		}
 
+		if params.Name != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "name", *params.Name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if encoded := queryValues.Encode(); encoded != "" {
 			rawQueryFragments = append(rawQueryFragments, encoded)
 		}
@@ -1183,6 +1481,21 @@ func NewListTestsRequest(server string, params *ListTestsParams) (*http.Request,
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IfNoneMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam0)
+		}
+
 	}
 
 	return req, nil
@@ -1243,8 +1556,57 @@ func NewCreateTestsRequestWithBody(server string, params *CreateTestsParams, con
 	return req, nil
 }
 
+// NewDeleteTestRequest constructs an http.Request for the DeleteTest method
+func NewDeleteTestRequest(server string, id TestId, params *DeleteTestParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/tests/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IfMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-Match", *params.IfMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-Match", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewGetTestRequest constructs an http.Request for the GetTest method
-func NewGetTestRequest(server string, id TestId) (*http.Request, error) {
+func NewGetTestRequest(server string, id TestId, params *GetTestParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -1272,6 +1634,105 @@ func NewGetTestRequest(server string, id TestId) (*http.Request, error) {
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IfNoneMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewRenameTestRequest calls the generic RenameTest builder with application/json body
+func NewRenameTestRequest(server string, id TestId, params *RenameTestParams, body RenameTestJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRenameTestRequestWithBody(server, id, params, "application/json", bodyReader)
+}
+
+// NewRenameTestRequestWithApplicationMergePatchPlusJSONBody calls the generic RenameTest builder with application/merge-patch+json body
+func NewRenameTestRequestWithApplicationMergePatchPlusJSONBody(server string, id TestId, params *RenameTestParams, body RenameTestApplicationMergePatchPlusJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRenameTestRequestWithBody(server, id, params, "application/merge-patch+json", bodyReader)
+}
+
+// NewRenameTestRequestWithBody constructs an http.Request for the RenameTest method, with any body, and a specified content type
+func NewRenameTestRequestWithBody(server string, id TestId, params *RenameTestParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/tests/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IfMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-Match", *params.IfMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-Match", headerParam0)
+		}
+
+		if params.IdempotencyKey != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam1)
+		}
+
 	}
 
 	return req, nil
@@ -1419,6 +1880,13 @@ type ClientWithResponsesInterface interface {
 	// * `text/csv`: a header line `id,name`, then one row per test, with
 	//   RFC 4180 quoting and CRLF line ends; streamed like NDJSON.
 	//
+	// With `name`, the answer holds the one test of that name (if its id
+	// is greater than `after`), or none: a JSON array, or an export of
+	// zero or one row, found by the unique index on name.
+	//
+	// JSON pages carry a strong `ETag` of their body; `If-None-Match` with
+	// it gives `304` without a body. Exports, which stream, carry none.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /tests (the `ListTests` operationId).
@@ -1506,14 +1974,103 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /tests (the `CreateTests` operationId).
 	CreateTestsWithResponse(ctx context.Context, params *CreateTestsParams, body CreateTestsJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateTestsResponse, error)
 
+	// DeleteTestWithResponse Delete a test
+	//
+	// Deletes the test; its name may be taken again at once. With
+	// `If-Match`, only if the test still has one of the entity tags given
+	// (else `412`, nothing deleted). **Authentication** as for
+	// `POST /tests`.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /tests/{id} (the `DeleteTest` operationId).
+	DeleteTestWithResponse(ctx context.Context, id TestId, params *DeleteTestParams, reqEditors ...RequestEditorFn) (*DeleteTestResponse, error)
+
 	// GetTestWithResponse Get a test
 	//
-	// Returns the test with the given id.
+	// Returns the test with the given id, with a strong `ETag` that
+	// changes whenever its representation does; `If-None-Match` with it
+	// gives `304` without a body.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /tests/{id} (the `GetTest` operationId).
-	GetTestWithResponse(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*GetTestResponse, error)
+	GetTestWithResponse(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*GetTestResponse, error)
+
+	// RenameTestWithBodyWithResponse Rename a test
+	//
+	// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+	// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+	// or `application/json`; the name follows the rules of `POST /tests`
+	// (the same `400`, `409`, `415` and `422` answers). The answer is the
+	// renamed test with its new `ETag`.
+	//
+	// **If-Match.** With the `ETag` of a previous read, the rename happens
+	// only if the test still has it: otherwise `412` and nothing changes.
+	// The check and the rename run in one transaction under a row lock, so
+	// of two renames sent with the same `If-Match` one gets `200` and the
+	// other `412`.
+	//
+	// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+	// most once per key, and a retry gets the first answer (`200`, `404`,
+	// `409` or `412`) again.
+	//
+	// **Authentication** as for `POST /tests`.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+	RenameTestWithBodyWithResponse(ctx context.Context, id TestId, params *RenameTestParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenameTestResponse, error)
+
+	// RenameTestWithResponse Rename a test
+	//
+	// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+	// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+	// or `application/json`; the name follows the rules of `POST /tests`
+	// (the same `400`, `409`, `415` and `422` answers). The answer is the
+	// renamed test with its new `ETag`.
+	//
+	// **If-Match.** With the `ETag` of a previous read, the rename happens
+	// only if the test still has it: otherwise `412` and nothing changes.
+	// The check and the rename run in one transaction under a row lock, so
+	// of two renames sent with the same `If-Match` one gets `200` and the
+	// other `412`.
+	//
+	// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+	// most once per key, and a retry gets the first answer (`200`, `404`,
+	// `409` or `412`) again.
+	//
+	// **Authentication** as for `POST /tests`.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+	RenameTestWithResponse(ctx context.Context, id TestId, params *RenameTestParams, body RenameTestJSONRequestBody, reqEditors ...RequestEditorFn) (*RenameTestResponse, error)
+
+	// RenameTestWithApplicationMergePatchPlusJSONBodyWithResponse Rename a test
+	//
+	// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+	// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+	// or `application/json`; the name follows the rules of `POST /tests`
+	// (the same `400`, `409`, `415` and `422` answers). The answer is the
+	// renamed test with its new `ETag`.
+	//
+	// **If-Match.** With the `ETag` of a previous read, the rename happens
+	// only if the test still has it: otherwise `412` and nothing changes.
+	// The check and the rename run in one transaction under a row lock, so
+	// of two renames sent with the same `If-Match` one gets `200` and the
+	// other `412`.
+	//
+	// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+	// most once per key, and a retry gets the first answer (`200`, `404`,
+	// `409` or `412`) again.
+	//
+	// **Authentication** as for `POST /tests`.
+	//
+	// Takes a body of the `application/merge-patch+json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+	RenameTestWithApplicationMergePatchPlusJSONBodyWithResponse(ctx context.Context, id TestId, params *RenameTestParams, body RenameTestApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*RenameTestResponse, error)
 }
 
 // GetRootResponse302Headers the declared response headers of an HTTP 302 response for GetRoot
@@ -1998,7 +2555,14 @@ func (r ReadyzResponse) ContentType() string {
 
 // ListTestsResponse200Headers the declared response headers of an HTTP 200 response for ListTests
 type ListTestsResponse200Headers struct {
+	ETag       *string
 	Link       *string
+	XRequestId string
+}
+
+// ListTestsResponse304Headers the declared response headers of an HTTP 304 response for ListTests
+type ListTestsResponse304Headers struct {
+	ETag       string
 	XRequestId string
 }
 
@@ -2038,6 +2602,8 @@ type ListTestsResponse struct {
 	ApplicationproblemJSON503 *ServiceUnavailable
 	// Headers200 the parsed response headers for an HTTP 200 response
 	Headers200 *ListTestsResponse200Headers
+	// Headers304 the parsed response headers for an HTTP 304 response
+	Headers304 *ListTestsResponse304Headers
 	// Headers400 the parsed response headers for an HTTP 400 response
 	Headers400 *ListTestsResponse400Headers
 	// Headers406 the parsed response headers for an HTTP 406 response
@@ -2266,8 +2832,142 @@ func (r CreateTestsResponse) ContentType() string {
 	return ""
 }
 
+// DeleteTestResponse204Headers the declared response headers of an HTTP 204 response for DeleteTest
+type DeleteTestResponse204Headers struct {
+	XRequestId string
+}
+
+// DeleteTestResponse400Headers the declared response headers of an HTTP 400 response for DeleteTest
+type DeleteTestResponse400Headers struct {
+	XRequestId string
+}
+
+// DeleteTestResponse401Headers the declared response headers of an HTTP 401 response for DeleteTest
+type DeleteTestResponse401Headers struct {
+	WWWAuthenticate string
+	XRequestId      string
+}
+
+// DeleteTestResponse404Headers the declared response headers of an HTTP 404 response for DeleteTest
+type DeleteTestResponse404Headers struct {
+	XRequestId string
+}
+
+// DeleteTestResponse412Headers the declared response headers of an HTTP 412 response for DeleteTest
+type DeleteTestResponse412Headers struct {
+	XRequestId string
+}
+
+// DeleteTestResponse500Headers the declared response headers of an HTTP 500 response for DeleteTest
+type DeleteTestResponse500Headers struct {
+	XRequestId string
+}
+
+// DeleteTestResponse503Headers the declared response headers of an HTTP 503 response for DeleteTest
+type DeleteTestResponse503Headers struct {
+	RetryAfter int
+	XRequestId string
+}
+
+type DeleteTestResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON412 the response for an HTTP 412 `application/problem+json` response
+	ApplicationproblemJSON412 *PreconditionFailed
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *ServiceUnavailable
+	// Headers204 the parsed response headers for an HTTP 204 response
+	Headers204 *DeleteTestResponse204Headers
+	// Headers400 the parsed response headers for an HTTP 400 response
+	Headers400 *DeleteTestResponse400Headers
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *DeleteTestResponse401Headers
+	// Headers404 the parsed response headers for an HTTP 404 response
+	Headers404 *DeleteTestResponse404Headers
+	// Headers412 the parsed response headers for an HTTP 412 response
+	Headers412 *DeleteTestResponse412Headers
+	// Headers500 the parsed response headers for an HTTP 500 response
+	Headers500 *DeleteTestResponse500Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *DeleteTestResponse503Headers
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r DeleteTestResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r DeleteTestResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r DeleteTestResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON412 returns the response for an HTTP 412 `application/problem+json` response
+func (r DeleteTestResponse) GetApplicationproblemJSON412() *PreconditionFailed {
+	return r.ApplicationproblemJSON412
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r DeleteTestResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r DeleteTestResponse) GetApplicationproblemJSON503() *ServiceUnavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteTestResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteTestResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteTestResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteTestResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // GetTestResponse200Headers the declared response headers of an HTTP 200 response for GetTest
 type GetTestResponse200Headers struct {
+	ETag       string
+	XRequestId string
+}
+
+// GetTestResponse304Headers the declared response headers of an HTTP 304 response for GetTest
+type GetTestResponse304Headers struct {
+	ETag       string
 	XRequestId string
 }
 
@@ -2307,6 +3007,8 @@ type GetTestResponse struct {
 	ApplicationproblemJSON503 *ServiceUnavailable
 	// Headers200 the parsed response headers for an HTTP 200 response
 	Headers200 *GetTestResponse200Headers
+	// Headers304 the parsed response headers for an HTTP 304 response
+	Headers304 *GetTestResponse304Headers
 	// Headers400 the parsed response headers for an HTTP 400 response
 	Headers400 *GetTestResponse400Headers
 	// Headers404 the parsed response headers for an HTTP 404 response
@@ -2365,6 +3067,198 @@ func (r GetTestResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetTestResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RenameTestResponse200Headers the declared response headers of an HTTP 200 response for RenameTest
+type RenameTestResponse200Headers struct {
+	ETag       string
+	XRequestId string
+}
+
+// RenameTestResponse400Headers the declared response headers of an HTTP 400 response for RenameTest
+type RenameTestResponse400Headers struct {
+	XRequestId string
+}
+
+// RenameTestResponse401Headers the declared response headers of an HTTP 401 response for RenameTest
+type RenameTestResponse401Headers struct {
+	WWWAuthenticate string
+	XRequestId      string
+}
+
+// RenameTestResponse404Headers the declared response headers of an HTTP 404 response for RenameTest
+type RenameTestResponse404Headers struct {
+	XRequestId string
+}
+
+// RenameTestResponse409Headers the declared response headers of an HTTP 409 response for RenameTest
+type RenameTestResponse409Headers struct {
+	RetryAfter *int
+	XRequestId string
+}
+
+// RenameTestResponse412Headers the declared response headers of an HTTP 412 response for RenameTest
+type RenameTestResponse412Headers struct {
+	XRequestId string
+}
+
+// RenameTestResponse413Headers the declared response headers of an HTTP 413 response for RenameTest
+type RenameTestResponse413Headers struct {
+	XRequestId string
+}
+
+// RenameTestResponse415Headers the declared response headers of an HTTP 415 response for RenameTest
+type RenameTestResponse415Headers struct {
+	XRequestId string
+}
+
+// RenameTestResponse422Headers the declared response headers of an HTTP 422 response for RenameTest
+type RenameTestResponse422Headers struct {
+	XRequestId string
+}
+
+// RenameTestResponse500Headers the declared response headers of an HTTP 500 response for RenameTest
+type RenameTestResponse500Headers struct {
+	XRequestId string
+}
+
+// RenameTestResponse503Headers the declared response headers of an HTTP 503 response for RenameTest
+type RenameTestResponse503Headers struct {
+	RetryAfter int
+	XRequestId string
+}
+
+type RenameTestResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Test
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *BadRequest
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *NotFound
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Conflict
+	// ApplicationproblemJSON412 the response for an HTTP 412 `application/problem+json` response
+	ApplicationproblemJSON412 *PreconditionFailed
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *PayloadTooLarge
+	// ApplicationproblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationproblemJSON415 *UnsupportedMediaType
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *UnprocessableEntity
+	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationproblemJSON500 *InternalError
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *ServiceUnavailable
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *RenameTestResponse200Headers
+	// Headers400 the parsed response headers for an HTTP 400 response
+	Headers400 *RenameTestResponse400Headers
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RenameTestResponse401Headers
+	// Headers404 the parsed response headers for an HTTP 404 response
+	Headers404 *RenameTestResponse404Headers
+	// Headers409 the parsed response headers for an HTTP 409 response
+	Headers409 *RenameTestResponse409Headers
+	// Headers412 the parsed response headers for an HTTP 412 response
+	Headers412 *RenameTestResponse412Headers
+	// Headers413 the parsed response headers for an HTTP 413 response
+	Headers413 *RenameTestResponse413Headers
+	// Headers415 the parsed response headers for an HTTP 415 response
+	Headers415 *RenameTestResponse415Headers
+	// Headers422 the parsed response headers for an HTTP 422 response
+	Headers422 *RenameTestResponse422Headers
+	// Headers500 the parsed response headers for an HTTP 500 response
+	Headers500 *RenameTestResponse500Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RenameTestResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RenameTestResponse) GetJSON200() *Test {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON400() *BadRequest {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON404() *NotFound {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON409() *Conflict {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON412 returns the response for an HTTP 412 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON412() *PreconditionFailed {
+	return r.ApplicationproblemJSON412
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON413() *PayloadTooLarge {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationproblemJSON415
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON422() *UnprocessableEntity {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON500() *InternalError {
+	return r.ApplicationproblemJSON500
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RenameTestResponse) GetApplicationproblemJSON503() *ServiceUnavailable {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RenameTestResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RenameTestResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RenameTestResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RenameTestResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -2511,6 +3405,13 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 //   - `text/csv`: a header line `id,name`, then one row per test, with
 //     RFC 4180 quoting and CRLF line ends; streamed like NDJSON.
 //
+// With `name`, the answer holds the one test of that name (if its id
+// is greater than `after`), or none: a JSON array, or an export of
+// zero or one row, found by the unique index on name.
+//
+// JSON pages carry a strong `ETag` of their body; `If-None-Match` with
+// it gives `304` without a body. Exports, which stream, carry none.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /tests (the `ListTests` operationId).
@@ -2616,19 +3517,132 @@ func (c *ClientWithResponses) CreateTestsWithResponse(ctx context.Context, param
 	return ParseCreateTestsResponse(rsp)
 }
 
+// DeleteTestWithResponse Delete a test
+//
+// Deletes the test; its name may be taken again at once. With
+// `If-Match`, only if the test still has one of the entity tags given
+// (else `412`, nothing deleted). **Authentication** as for
+// `POST /tests`.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /tests/{id} (the `DeleteTest` operationId).
+func (c *ClientWithResponses) DeleteTestWithResponse(ctx context.Context, id TestId, params *DeleteTestParams, reqEditors ...RequestEditorFn) (*DeleteTestResponse, error) {
+	rsp, err := c.DeleteTest(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteTestResponse(rsp)
+}
+
 // GetTestWithResponse Get a test
 //
-// Returns the test with the given id.
+// Returns the test with the given id, with a strong `ETag` that
+// changes whenever its representation does; `If-None-Match` with it
+// gives `304` without a body.
 //
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /tests/{id} (the `GetTest` operationId).
-func (c *ClientWithResponses) GetTestWithResponse(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*GetTestResponse, error) {
-	rsp, err := c.GetTest(ctx, id, reqEditors...)
+func (c *ClientWithResponses) GetTestWithResponse(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*GetTestResponse, error) {
+	rsp, err := c.GetTest(ctx, id, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
 	return ParseGetTestResponse(rsp)
+}
+
+// RenameTestWithBodyWithResponse Rename a test
+//
+// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+// or `application/json`; the name follows the rules of `POST /tests`
+// (the same `400`, `409`, `415` and `422` answers). The answer is the
+// renamed test with its new `ETag`.
+//
+// **If-Match.** With the `ETag` of a previous read, the rename happens
+// only if the test still has it: otherwise `412` and nothing changes.
+// The check and the rename run in one transaction under a row lock, so
+// of two renames sent with the same `If-Match` one gets `200` and the
+// other `412`.
+//
+// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+// most once per key, and a retry gets the first answer (`200`, `404`,
+// `409` or `412`) again.
+//
+// **Authentication** as for `POST /tests`.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+func (c *ClientWithResponses) RenameTestWithBodyWithResponse(ctx context.Context, id TestId, params *RenameTestParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenameTestResponse, error) {
+	rsp, err := c.RenameTestWithBody(ctx, id, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenameTestResponse(rsp)
+}
+
+// RenameTestWithResponse Rename a test
+//
+// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+// or `application/json`; the name follows the rules of `POST /tests`
+// (the same `400`, `409`, `415` and `422` answers). The answer is the
+// renamed test with its new `ETag`.
+//
+// **If-Match.** With the `ETag` of a previous read, the rename happens
+// only if the test still has it: otherwise `412` and nothing changes.
+// The check and the rename run in one transaction under a row lock, so
+// of two renames sent with the same `If-Match` one gets `200` and the
+// other `412`.
+//
+// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+// most once per key, and a retry gets the first answer (`200`, `404`,
+// `409` or `412`) again.
+//
+// **Authentication** as for `POST /tests`.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+func (c *ClientWithResponses) RenameTestWithResponse(ctx context.Context, id TestId, params *RenameTestParams, body RenameTestJSONRequestBody, reqEditors ...RequestEditorFn) (*RenameTestResponse, error) {
+	rsp, err := c.RenameTest(ctx, id, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenameTestResponse(rsp)
+}
+
+// RenameTestWithApplicationMergePatchPlusJSONBodyWithResponse Rename a test
+//
+// Sets the test's name. The body is a JSON merge patch (RFC 7396) of
+// the test, `{"name": "New"}`, sent as `application/merge-patch+json`
+// or `application/json`; the name follows the rules of `POST /tests`
+// (the same `400`, `409`, `415` and `422` answers). The answer is the
+// renamed test with its new `ETag`.
+//
+// **If-Match.** With the `ETag` of a previous read, the rename happens
+// only if the test still has it: otherwise `412` and nothing changes.
+// The check and the rename run in one transaction under a row lock, so
+// of two renames sent with the same `If-Match` one gets `200` and the
+// other `412`.
+//
+// **Idempotency-Key** works as for `POST /tests`: the rename runs at
+// most once per key, and a retry gets the first answer (`200`, `404`,
+// `409` or `412`) again.
+//
+// **Authentication** as for `POST /tests`.
+//
+// Takes a body of the `application/merge-patch+json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /tests/{id} (the `RenameTest` operationId).
+func (c *ClientWithResponses) RenameTestWithApplicationMergePatchPlusJSONBodyWithResponse(ctx context.Context, id TestId, params *RenameTestParams, body RenameTestApplicationMergePatchPlusJSONRequestBody, reqEditors ...RequestEditorFn) (*RenameTestResponse, error) {
+	rsp, err := c.RenameTestWithApplicationMergePatchPlusJSONBody(ctx, id, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenameTestResponse(rsp)
 }
 
 // ParseGetRootResponse parses an HTTP response from a GetRootWithResponse call
@@ -3141,6 +4155,9 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case rsp.StatusCode == 304:
+		break // No content-type
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
 		var dest BadRequest
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3177,6 +4194,13 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 	switch {
 	case rsp.StatusCode == 200:
 		var headers ListTestsResponse200Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = &value
+		}
 		if values := rsp.Header.Values("Link"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "Link", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
@@ -3192,6 +4216,23 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 			headers.XRequestId = value
 		}
 		response.Headers200 = &headers
+	case rsp.StatusCode == 304:
+		var headers ListTestsResponse304Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers304 = &headers
 	case rsp.StatusCode == 400:
 		var headers ListTestsResponse400Headers
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
@@ -3447,6 +4488,157 @@ func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) 
 	return response, nil
 }
 
+// ParseDeleteTestResponse parses an HTTP response from a DeleteTestWithResponse call
+func ParseDeleteTestResponse(rsp *http.Response) (*DeleteTestResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteTestResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 412:
+		var dest PreconditionFailed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON412 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest ServiceUnavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		var headers DeleteTestResponse204Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers204 = &headers
+	case rsp.StatusCode == 400:
+		var headers DeleteTestResponse400Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers400 = &headers
+	case rsp.StatusCode == 401:
+		var headers DeleteTestResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 404:
+		var headers DeleteTestResponse404Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers404 = &headers
+	case rsp.StatusCode == 412:
+		var headers DeleteTestResponse412Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers412 = &headers
+	case rsp.StatusCode == 500:
+		var headers DeleteTestResponse500Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers500 = &headers
+	case rsp.StatusCode == 503:
+		var headers DeleteTestResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseGetTestResponse parses an HTTP response from a GetTestWithResponse call
 func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -3467,6 +4659,9 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case rsp.StatusCode == 304:
+		break // No content-type
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
 		var dest BadRequest
@@ -3501,6 +4696,13 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 	switch {
 	case rsp.StatusCode == 200:
 		var headers GetTestResponse200Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
@@ -3509,6 +4711,23 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 			headers.XRequestId = value
 		}
 		response.Headers200 = &headers
+	case rsp.StatusCode == 304:
+		var headers GetTestResponse304Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers304 = &headers
 	case rsp.StatusCode == 400:
 		var headers GetTestResponse400Headers
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
@@ -3541,6 +4760,243 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 		response.Headers500 = &headers
 	case rsp.StatusCode == 503:
 		var headers GetTestResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRenameTestResponse parses an HTTP response from a RenameTestWithResponse call
+func ParseRenameTestResponse(rsp *http.Response) (*RenameTestResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RenameTestResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Test
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 412:
+		var dest PreconditionFailed
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON412 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest PayloadTooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest UnprocessableEntity
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest ServiceUnavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers RenameTestResponse200Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 400:
+		var headers RenameTestResponse400Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers400 = &headers
+	case rsp.StatusCode == 401:
+		var headers RenameTestResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 404:
+		var headers RenameTestResponse404Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers404 = &headers
+	case rsp.StatusCode == 409:
+		var headers RenameTestResponse409Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers409 = &headers
+	case rsp.StatusCode == 412:
+		var headers RenameTestResponse412Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers412 = &headers
+	case rsp.StatusCode == 413:
+		var headers RenameTestResponse413Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers413 = &headers
+	case rsp.StatusCode == 415:
+		var headers RenameTestResponse415Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers415 = &headers
+	case rsp.StatusCode == 422:
+		var headers RenameTestResponse422Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers422 = &headers
+	case rsp.StatusCode == 500:
+		var headers RenameTestResponse500Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers500 = &headers
+	case rsp.StatusCode == 503:
+		var headers RenameTestResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {

@@ -58,6 +58,63 @@ const releaseTimeout = 2 * time.Second
 // fingerprint ErrKeyReused; while the first is in flight ErrKeyInFlight.
 // Any other failure keeps nothing and frees the key, so a retry runs afresh.
 func (s *Store) CreateOnce(ctx context.Context, k KeyedCreate, answer func([]Test, error) Response) (Response, error) {
+	return s.once(ctx, keyed{k.Key, k.Fingerprint, k.TTL, k.StaleAfter}, func(tx pgx.Tx) (Response, error) {
+		// A savepoint: a taken name undoes the rows, and the
+		// transaction goes on to keep the 409.
+		var created []Test
+		err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) (err error) {
+			created, err = insertAll(ctx, sp, k.Names)
+			return err
+		})
+		if err != nil && !errors.Is(err, ErrConflict) {
+			return Response{}, err
+		}
+		return answer(created, err), nil
+	})
+}
+
+// KeyedRename is a rename sent with an idempotency key.
+type KeyedRename struct {
+	Key         string // the client's key
+	Fingerprint []byte // identifies the request; a retry must bring the same
+	ID          int64
+	Name        string
+	Match       Match // as for Rename
+	TTL         time.Duration
+	StaleAfter  time.Duration // as for KeyedCreate
+}
+
+// RenameOnce renames at most once per key, as CreateOnce creates: the
+// renamed row, ErrConflict, ErrNotFound and ErrPreconditionFailed are final
+// answers, kept for every retry; any other failure frees the key.
+func (s *Store) RenameOnce(ctx context.Context, k KeyedRename, answer func(Test, error) Response) (Response, error) {
+	return s.once(ctx, keyed{k.Key, k.Fingerprint, k.TTL, k.StaleAfter}, func(tx pgx.Tx) (Response, error) {
+		var t Test
+		err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) (err error) {
+			t, err = renameIn(ctx, sp, k.ID, k.Name, k.Match)
+			return err
+		})
+		if err != nil && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrPreconditionFailed) {
+			return Response{}, err
+		}
+		return answer(t, err), nil
+	})
+}
+
+// keyed is what claiming a key needs of any keyed request.
+type keyed struct {
+	key         string
+	fingerprint []byte
+	ttl         time.Duration
+	staleAfter  time.Duration
+}
+
+// once runs a keyed request at most once per key: it claims the key, then
+// runs run in a transaction that also keeps the Response run returns. run
+// must leave tx usable when it returns a Response (a failure that is a
+// final answer goes in a savepoint), and return an error only for failures
+// that keep nothing.
+func (s *Store) once(ctx context.Context, k keyed, run func(tx pgx.Tx) (Response, error)) (Response, error) {
 	if !s.ready.Load() {
 		return Response{}, errNotMigrated
 	}
@@ -65,7 +122,7 @@ func (s *Store) CreateOnce(ctx context.Context, k KeyedCreate, answer func([]Tes
 	if err != nil || claim == nil {
 		return kept, err
 	}
-	resp, err := s.createClaimed(ctx, k, claim, answer)
+	resp, err := s.runClaimed(ctx, k, claim, run)
 	if err != nil {
 		// If the transaction did commit after all (its COMMIT was sent
 		// when the connection broke), the row has its answer and the
@@ -78,7 +135,7 @@ WHERE key = $1
   AND status IS NULL`
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 		defer cancel()
-		_, _ = s.pool.Exec(rctx, q, k.Key, claim)
+		_, _ = s.pool.Exec(rctx, q, k.key, claim)
 		return Response{}, err
 	}
 	return resp, nil
@@ -87,7 +144,7 @@ WHERE key = $1
 // claimKey claims k.Key and returns the claim, a fresh random value that
 // the final update must still find; or, when the key is taken, no claim
 // and the kept Response (or the reason there is none).
-func (s *Store) claimKey(ctx context.Context, k KeyedCreate) ([]byte, Response, error) {
+func (s *Store) claimKey(ctx context.Context, k keyed) ([]byte, Response, error) {
 	claim := []byte(rand.Text())
 	// A key that is expired, or in flight for longer than a request can
 	// run, is taken over; any other existing key leaves the row as it is
@@ -118,7 +175,7 @@ WHERE key = $1`
 	// failure, or purged): then claim again.
 	for range 3 {
 		err := retry(ctx, func() error {
-			err := s.pool.QueryRow(ctx, q, k.Key, k.Fingerprint, claim, k.TTL.Seconds(), k.StaleAfter.Seconds()).Scan(&claim)
+			err := s.pool.QueryRow(ctx, q, k.key, k.fingerprint, claim, k.ttl.Seconds(), k.staleAfter.Seconds()).Scan(&claim)
 			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 				// A write outside a transaction block: it commits as it
 				// ends, so a failure may hide a claim that did commit.
@@ -138,14 +195,14 @@ WHERE key = $1`
 			r           Response
 		)
 		err = retry(ctx, func() error {
-			return s.pool.QueryRow(ctx, kept, k.Key).Scan(&fingerprint, &status, &r.ContentType, &r.Location, &r.Body)
+			return s.pool.QueryRow(ctx, kept, k.key).Scan(&fingerprint, &status, &r.ContentType, &r.Location, &r.Body)
 		})
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			continue
 		case err != nil:
 			return nil, Response{}, fmt.Errorf("read idempotency key: %w", s.classify(err))
-		case !bytes.Equal(fingerprint, k.Fingerprint):
+		case !bytes.Equal(fingerprint, k.fingerprint):
 			return nil, Response{}, ErrKeyReused
 		case status == nil:
 			return nil, Response{}, ErrKeyInFlight
@@ -160,8 +217,8 @@ WHERE key = $1`
 // one was still running: this one must not commit.
 var errClaimLost = fmt.Errorf("%w: idempotency key taken over by a later request", ErrUnavailable)
 
-// createClaimed inserts the rows and keeps the answer in one transaction.
-func (s *Store) createClaimed(ctx context.Context, k KeyedCreate, claim []byte, answer func([]Test, error) Response) (Response, error) {
+// runClaimed runs a claimed request and keeps its answer in one transaction.
+func (s *Store) runClaimed(ctx context.Context, k keyed, claim []byte, run func(tx pgx.Tx) (Response, error)) (Response, error) {
 	const keep = `
 UPDATE idempotency_keys
 SET status       = $3,
@@ -172,19 +229,12 @@ WHERE key = $1
   AND claim = $2`
 	var resp Response
 	err := retry(ctx, func() error {
-		return inTx(ctx, s.pool, func(tx pgx.Tx) error {
-			// A savepoint: a taken name undoes the rows, and the
-			// transaction goes on to keep the 409.
-			var created []Test
-			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) (err error) {
-				created, err = insertAll(ctx, sp, k.Names)
-				return err
-			})
-			if err != nil && !errors.Is(err, ErrConflict) {
+		return inTx(ctx, s.pool, func(tx pgx.Tx) (err error) {
+			resp, err = run(tx)
+			if err != nil {
 				return err
 			}
-			resp = answer(created, err)
-			tag, err := tx.Exec(ctx, keep, k.Key, claim, resp.Status, resp.ContentType, resp.Location, resp.Body)
+			tag, err := tx.Exec(ctx, keep, k.key, claim, resp.Status, resp.ContentType, resp.Location, resp.Body)
 			if err != nil {
 				return err
 			}
@@ -198,7 +248,7 @@ WHERE key = $1
 		return Response{}, err
 	}
 	if err != nil {
-		return Response{}, fmt.Errorf("create %d rows with idempotency key: %w", len(k.Names), s.classify(err))
+		return Response{}, fmt.Errorf("request with idempotency key: %w", s.classify(err))
 	}
 	return resp, nil
 }

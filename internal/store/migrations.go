@@ -21,8 +21,9 @@ type step struct {
 	outsideTx bool
 }
 
-// querier is what a step runs its statements on: a transaction, or the
-// connection itself for a step outside one.
+// querier is what a statement can run on: a transaction, or outside one a
+// connection or the pool (a schema step outside a transaction, a rename or
+// delete that is one statement).
 type querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row

@@ -358,3 +358,30 @@ func scanTest(row pgx.CollectableRow) (Test, error) {
 	err := row.Scan(t.fields()...)
 	return t, err
 }
+
+// FindByName returns the row named name if its id is greater than after:
+// zero rows or one, found by the unique index on name.
+func (s *Store) FindByName(ctx context.Context, name string, after int64) ([]Test, error) {
+	if !s.ready.Load() {
+		return nil, errNotMigrated
+	}
+	const q = `
+SELECT ` + testColumns + `
+FROM test
+WHERE name = $1
+  AND id > $2`
+	var out []Test
+	err := retry(ctx, func() error {
+		rows, _ := s.pool.Query(ctx, q, name, max(after, 0))
+		var err error
+		out, err = pgx.CollectRows(rows, scanTest)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find name: %w", s.classify(err))
+	}
+	if out == nil {
+		out = []Test{}
+	}
+	return out, nil
+}
