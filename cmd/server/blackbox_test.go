@@ -196,7 +196,7 @@ func TestBlackBox(t *testing.T) {
 	}
 	// stall holds an exclusive lock on table test for d: creates claim
 	// their keys, then wait for the table.
-	stall := func(d time.Duration) {
+	stall := func(t *testing.T, d time.Duration) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
@@ -211,64 +211,92 @@ func TestBlackBox(t *testing.T) {
 			t.Fatalf("stall the table: %v", err)
 		}
 	}
-	dbtest.WaitFor(t, "20 rows acknowledged", startWithin, ackedAtLeast(20))
-	stall(1500 * time.Millisecond)
-	dbtest.WaitFor(t, "40 rows acknowledged", startWithin, ackedAtLeast(40))
-	stall(3 * time.Second)
-	dbtest.WaitFor(t, "60 rows acknowledged", startWithin, ackedAtLeast(60))
-	db.Stop(t)
-	time.Sleep(2 * time.Second)
-	db.Start(t)
+
+	// The faults, one after another while the workers run; a fault that
+	// fails skips the later ones. Errors in the workers' answers are the
+	// whole test's (they say which request): the steps are the faults.
+	faults := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"StallPastClientTimeout", func(t *testing.T) {
+			dbtest.WaitFor(t, "20 rows acknowledged", startWithin, ackedAtLeast(20))
+			stall(t, 1500*time.Millisecond)
+		}},
+		{"StallPastRequestTimeout", func(t *testing.T) {
+			dbtest.WaitFor(t, "40 rows acknowledged", startWithin, ackedAtLeast(40))
+			stall(t, 3*time.Second)
+		}},
+		{"CrashAndRestart", func(t *testing.T) {
+			dbtest.WaitFor(t, "60 rows acknowledged", startWithin, ackedAtLeast(60))
+			db.Stop(t)
+			time.Sleep(2 * time.Second)
+			db.Start(t)
+		}},
+	}
+	for _, f := range faults {
+		if !t.Run(f.name, f.run) {
+			break
+		}
+	}
+	// Every worker and late answer is in before the test can end.
 	wg.Wait()
 	late.Wait()
-	for range tricklers {
-		(<-cuts).check(t, giveUp)
-	}
+	t.Run("TricklersCut", func(t *testing.T) {
+		for range tricklers {
+			(<-cuts).check(t, giveUp)
+		}
+	})
 	if t.Failed() {
 		return
 	}
 
-	// The database's view, read directly.
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	conn := mustConn(t, ctx, db.URL())
-	for key, ids := range lateIDs {
-		for _, id := range ids {
-			if id != acked[key] {
-				t.Errorf("key %s: acknowledged with id %d, but an abandoned attempt's 201 named id %d", key, acked[key], id)
+	t.Run("LateAnswersNameTheAcknowledgedID", func(t *testing.T) {
+		for key, ids := range lateIDs {
+			for _, id := range ids {
+				if id != acked[key] {
+					t.Errorf("key %s: acknowledged with id %d, but an abandoned attempt's 201 named id %d", key, acked[key], id)
+				}
 			}
 		}
-	}
-	for key, id := range acked {
-		var n int
-		var gotID int32
-		err := conn.QueryRow(ctx, `SELECT count(*), min(id) FROM test WHERE name = $1`, names[key]).Scan(&n, &gotID)
-		if err != nil || n != 1 || gotID != id {
-			t.Errorf("key %s: %d rows named %s, id %d (%v); want 1 row with the acknowledged id %d", key, n, names[key], gotID, err, id)
+	})
+
+	t.Run("TableMatchesAnswers", func(t *testing.T) {
+		// The database's view, read directly.
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		conn := mustConn(t, ctx, db.URL())
+		for key, id := range acked {
+			var n int
+			var gotID int32
+			err := conn.QueryRow(ctx, `SELECT count(*), min(id) FROM test WHERE name = $1`, names[key]).Scan(&n, &gotID)
+			if err != nil || n != 1 || gotID != id {
+				t.Errorf("key %s: %d rows named %s, id %d (%v); want 1 row with the acknowledged id %d", key, n, names[key], gotID, err, id)
+			}
+			var status int
+			var body []byte
+			err = conn.QueryRow(ctx, `SELECT status, body FROM idempotency_keys WHERE key = $1`, key).Scan(&status, &body)
+			var kept test
+			if err == nil {
+				err = json.Unmarshal(body, &kept)
+			}
+			if err != nil || status != http.StatusCreated || kept.ID != id {
+				t.Errorf("key %s: kept %d %s (%v); want the 201 with id %d", key, status, body, err, id)
+			}
 		}
-		var status int
-		var body []byte
-		err = conn.QueryRow(ctx, `SELECT status, body FROM idempotency_keys WHERE key = $1`, key).Scan(&status, &body)
-		var kept test
-		if err == nil {
-			err = json.Unmarshal(body, &kept)
+		var rows int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM test`).Scan(&rows); err != nil {
+			t.Fatal(err)
 		}
-		if err != nil || status != http.StatusCreated || kept.ID != id {
-			t.Errorf("key %s: kept %d %s (%v); want the 201 with id %d", key, status, body, err, id)
+		if rows != workers*perWorker || len(acked) != workers*perWorker {
+			t.Errorf("%d rows in the table, %d keys acknowledged; want %d of each", rows, len(acked), workers*perWorker)
 		}
-	}
-	var rows int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM test`).Scan(&rows); err != nil {
-		t.Fatal(err)
-	}
-	if rows != workers*perWorker || len(acked) != workers*perWorker {
-		t.Errorf("%d rows in the table, %d keys acknowledged; want %d of each", rows, len(acked), workers*perWorker)
-	}
-	var kinds []string
-	for k, n := range statuses {
-		kinds = append(kinds, fmt.Sprintf("%s: %d", k, n))
-	}
-	t.Logf("%d creates acknowledged, %d rows; answers seen: %s", len(acked), rows, strings.Join(kinds, ", "))
+		var kinds []string
+		for k, n := range statuses {
+			kinds = append(kinds, fmt.Sprintf("%s: %d", k, n))
+		}
+		t.Logf("%d creates acknowledged, %d rows; answers seen: %s", len(acked), rows, strings.Join(kinds, ", "))
+	})
 }
 
 // mustConn connects to databaseURL, closing the connection when the test ends.

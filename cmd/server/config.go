@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,41 +42,94 @@ type config struct {
 	APIToken string `ignored:"true"`
 }
 
-// loadConfig reads the environment. Every error names the variable at fault.
+// loadConfig reads the environment. Every error names the variable at
+// fault, says what is wrong with its value and which values it takes.
 func loadConfig() (config, error) {
 	var c config
-	err := envconfig.Process("", &c)
-	if err != nil {
-		return c, err
+	if err := envconfig.Process("", &c); err != nil {
+		return c, parseError(c, err)
 	}
-	checks := []struct {
-		name string
-		ok   bool
-	}{
-		{"DB_MAX_CONNS", c.DBMaxConns >= 1},
-		{"DB_MIN_CONNS", c.DBMinConns >= 0 && c.DBMinConns <= c.DBMaxConns},
-		{"DB_MAX_CONN_LIFETIME", c.DBMaxConnLifetime > 0},
-		{"DB_CONNECT_TIMEOUT", c.DBConnectTimeout > 0},
-		{"DB_ACQUIRE_TIMEOUT", c.DBAcquireTimeout > 0},
-		{"STARTUP_TIMEOUT", c.StartupTimeout > 0},
-		{"REQUEST_TIMEOUT", c.RequestTimeout > 0},
-		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout > 0},
-		{"READ_TIMEOUT", c.ReadTimeout > 0},
-		{"WRITE_TIMEOUT", c.WriteTimeout > 0},
-		{"IDLE_TIMEOUT", c.IdleTimeout > 0},
-		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout > 0},
-		{"MAX_BODY_BYTES", c.MaxBodyBytes >= 1},
-		{"MAX_BATCH", c.MaxBatch >= 1},
-		{"MAX_EXPORTS", c.MaxExports >= 1 && c.MaxExports < int(c.DBMaxConns)},
-		{"IDEMPOTENCY_TTL", c.IdempotencyTTL >= c.RequestTimeout},
-	}
-	for _, ch := range checks {
-		if !ch.ok {
-			return c, fmt.Errorf("%s: value out of range (see the README's configuration table)", ch.name)
+	for _, r := range rules(c) {
+		if !r.ok {
+			return c, fmt.Errorf("%s: %s is out of range: %s", r.name, r.value, r.want)
 		}
 	}
+	var err error
 	c.APIToken, err = apiToken()
 	return c, err
+}
+
+// rule is the values one variable takes: ok is whether the value read is
+// one, and want says which are, and why.
+type rule struct {
+	name  string
+	value string // the value read, as the message shows it
+	ok    bool
+	want  string
+}
+
+// rules lists the variables whose values are limited beyond their type. A
+// rule may name a variable declared before its own in config: envconfig
+// reads the fields in order, so parseError's message, made when a later
+// one fails, still shows the earlier one's value.
+func rules(c config) []rule {
+	atLeast1 := func(name string, n int64, why string) rule {
+		return rule{name, strconv.FormatInt(n, 10), n >= 1, "must be at least 1, since " + why}
+	}
+	positive := func(name string, d time.Duration, bounds string) rule {
+		return rule{name, d.String(), d > 0, "must be more than 0s, since it bounds " + bounds}
+	}
+	return []rule{
+		atLeast1("DB_MAX_CONNS", int64(c.DBMaxConns), "every request needs a connection"),
+		{"DB_MIN_CONNS", strconv.Itoa(int(c.DBMinConns)), c.DBMinConns >= 0 && c.DBMinConns <= c.DBMaxConns,
+			fmt.Sprintf("must be at least 0 and at most DB_MAX_CONNS (%d), since the pool keeps no more idle connections than it may open", c.DBMaxConns)},
+		positive("DB_MAX_CONN_LIFETIME", c.DBMaxConnLifetime, "how long a connection is used before it is replaced"),
+		positive("DB_CONNECT_TIMEOUT", c.DBConnectTimeout, "the wait for a new database connection"),
+		positive("DB_ACQUIRE_TIMEOUT", c.DBAcquireTimeout, "a request's wait for a free connection"),
+		positive("STARTUP_TIMEOUT", c.StartupTimeout, "the wait for the database at start-up"),
+		positive("REQUEST_TIMEOUT", c.RequestTimeout, "how long a request may take"),
+		positive("READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, "how long a client may take to send its headers"),
+		positive("READ_TIMEOUT", c.ReadTimeout, "how long a client may take to send its request"),
+		positive("WRITE_TIMEOUT", c.WriteTimeout, "how long an answer may take to write"),
+		positive("IDLE_TIMEOUT", c.IdleTimeout, "how long an idle connection stays open"),
+		positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout, "how long requests get to finish at shutdown"),
+		atLeast1("MAX_BODY_BYTES", c.MaxBodyBytes, "it is the largest request body, and a POST needs one"),
+		atLeast1("MAX_BATCH", int64(c.MaxBatch), "it is the most items a POST array may hold"),
+		{"MAX_EXPORTS", strconv.Itoa(c.MaxExports), c.MaxExports >= 1 && c.MaxExports < int(c.DBMaxConns),
+			fmt.Sprintf("must be at least 1 and less than DB_MAX_CONNS (%d), since each export holds a connection and the other requests need one too", c.DBMaxConns)},
+		{"IDEMPOTENCY_TTL", c.IdempotencyTTL.String(), c.IdempotencyTTL >= c.RequestTimeout,
+			fmt.Sprintf("must be at least REQUEST_TIMEOUT (%s), since a key must outlive the request that made it", c.RequestTimeout)},
+	}
+}
+
+// parseError turns envconfig's error for a value its field's type does not
+// take ("envconfig.Process: assigning DB_MAX_CONNS to DBMaxConns: converting
+// 'abc' to type int32. details: ...") into one that says what the value
+// should be. c is the configuration as far as envconfig read it.
+func parseError(c config, err error) error {
+	var pe *envconfig.ParseError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	var want string
+	for _, r := range rules(c) {
+		if r.name == pe.KeyName {
+			want = "; it " + r.want
+		}
+	}
+	switch pe.TypeName {
+	case "int", "int32", "int64":
+		if errors.Is(pe.Err, strconv.ErrRange) {
+			most := map[string]int64{"int": math.MaxInt, "int32": math.MaxInt32, "int64": math.MaxInt64}[pe.TypeName]
+			return fmt.Errorf("%s: %s is out of range: the most it can hold is %d%s", pe.KeyName, pe.Value, most, want)
+		}
+		return fmt.Errorf("%s: %q is not an integer%s", pe.KeyName, pe.Value, want)
+	case "time.Duration":
+		return fmt.Errorf("%s: %q is not a duration such as \"500ms\", \"5s\" or \"2m\"%s", pe.KeyName, pe.Value, want)
+	case "slog.Level":
+		return fmt.Errorf("%s: %q is not a log level: debug, info, warn or error", pe.KeyName, pe.Value)
+	}
+	return fmt.Errorf("%s: %q is not a %s: %w", pe.KeyName, pe.Value, pe.TypeName, pe.Err)
 }
 
 // apiToken returns the token POST requires: API_TOKEN's value, or the

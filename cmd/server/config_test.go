@@ -23,19 +23,36 @@ func TestBadConfig(t *testing.T) {
 		name      string
 		env       string // added to a valid configuration, whose DATABASE_URL has a password
 		tokenFile string // when set, API_TOKEN_FILE names a file with this content ("-" for no such file)
-		naming    string // what stderr must contain
+		naming    string // what stderr must contain: the variable, and for a value the whole message
 		connects  bool   // the process gets as far as trying the database
 	}{
-		{name: "MaxConnsNotNumber", env: "DB_MAX_CONNS=abc", naming: "DB_MAX_CONNS"},
-		{name: "MaxConnsZero", env: "DB_MAX_CONNS=0", naming: "DB_MAX_CONNS"},
-		{name: "RequestTimeoutNotDuration", env: "REQUEST_TIMEOUT=soon", naming: "REQUEST_TIMEOUT"},
-		{name: "AcquireTimeoutZero", env: "DB_ACQUIRE_TIMEOUT=0s", naming: "DB_ACQUIRE_TIMEOUT"},
-		{name: "MaxBodyBytesNegative", env: "MAX_BODY_BYTES=-1", naming: "MAX_BODY_BYTES"},
-		{name: "LogLevelUnknown", env: "LOG_LEVEL=loud", naming: "LOG_LEVEL"},
+		{name: "MaxConnsNotNumber", env: "DB_MAX_CONNS=abc",
+			naming: `DB_MAX_CONNS: "abc" is not an integer; it must be at least 1, since every request needs a connection`},
+		{name: "MaxConnsTooLarge", env: "DB_MAX_CONNS=99999999999",
+			naming: "DB_MAX_CONNS: 99999999999 is out of range: the most it can hold is 2147483647; it must be at least 1"},
+		{name: "MaxConnsZero", env: "DB_MAX_CONNS=0",
+			naming: "DB_MAX_CONNS: 0 is out of range: must be at least 1, since every request needs a connection"},
+		{name: "MinConnsAboveMax", env: "DB_MIN_CONNS=17",
+			naming: "DB_MIN_CONNS: 17 is out of range: must be at least 0 and at most DB_MAX_CONNS (16), since the pool"},
+		{name: "MaxExportsNotBelowMaxConns", env: "MAX_EXPORTS=20",
+			naming: "MAX_EXPORTS: 20 is out of range: must be at least 1 and less than DB_MAX_CONNS (16), since each export holds a connection"},
+		// The range names DB_MAX_CONNS's value although envconfig stopped
+		// at MAX_EXPORTS.
+		{name: "MaxExportsNotNumber", env: "MAX_EXPORTS=four",
+			naming: `MAX_EXPORTS: "four" is not an integer; it must be at least 1 and less than DB_MAX_CONNS (16)`},
+		{name: "RequestTimeoutNotDuration", env: "REQUEST_TIMEOUT=soon",
+			naming: `REQUEST_TIMEOUT: "soon" is not a duration such as "500ms", "5s" or "2m"; it must be more than 0s`},
+		{name: "AcquireTimeoutZero", env: "DB_ACQUIRE_TIMEOUT=0s",
+			naming: "DB_ACQUIRE_TIMEOUT: 0s is out of range: must be more than 0s, since it bounds a request's wait for a free connection"},
+		{name: "MaxBodyBytesNegative", env: "MAX_BODY_BYTES=-1",
+			naming: "MAX_BODY_BYTES: -1 is out of range: must be at least 1"},
+		{name: "LogLevelUnknown", env: "LOG_LEVEL=loud",
+			naming: `LOG_LEVEL: "loud" is not a log level: debug, info, warn or error`},
 		{name: "DatabaseURLMalformed", env: "DATABASE_URL=://bad", naming: "DATABASE_URL"},
 		{name: "DatabaseURLMalformedWithPassword", env: "DATABASE_URL=postgres://app:s3cretpass@127.0.0.1:notaport/app", naming: "DATABASE_URL"},
 		{name: "DatabaseUnreachableWithPassword", naming: "STARTUP_TIMEOUT", connects: true},
-		{name: "IdempotencyTTLBelowRequestTimeout", env: "IDEMPOTENCY_TTL=1s", naming: "IDEMPOTENCY_TTL"},
+		{name: "IdempotencyTTLBelowRequestTimeout", env: "IDEMPOTENCY_TTL=1s",
+			naming: "IDEMPOTENCY_TTL: 1s is out of range: must be at least REQUEST_TIMEOUT (5s), since a key must outlive the request"},
 		{name: "TokenTwice", env: "API_TOKEN=s3cretpass", tokenFile: "s3cretpass", naming: "API_TOKEN and API_TOKEN_FILE"},
 		{name: "TokenEmpty", env: "API_TOKEN=", naming: "API_TOKEN"},
 		{name: "TokenNotBearerSyntax", env: "API_TOKEN=s3cretpass with spaces", naming: "API_TOKEN"},
@@ -66,7 +83,7 @@ func TestBadConfig(t *testing.T) {
 				t.Errorf("exit code 0, want non-zero")
 			}
 			if !strings.Contains(stderr, tc.naming) {
-				t.Errorf("stderr does not name %s:\n%s", tc.naming, stderr)
+				t.Errorf("stderr does not say %q:\n%s", tc.naming, stderr)
 			}
 			if strings.Contains(stdout+stderr, "s3cretpass") {
 				t.Errorf("the password is in the output:\nstdout:\n%s\nstderr:\n%s", stdout, stderr)

@@ -160,8 +160,10 @@ func trickle(c net.Conn, every time.Duration) trickled {
 }
 
 // TestHugeBody: a body over MAX_BODY_BYTES is refused with a 413 without
-// being read: at once when Content-Length says so, and after at most the
-// limit when it is chunked and endless.
+// being stored: at once when Content-Length says so, and after at most the
+// limit when it is chunked and endless; a client that sends all of its
+// body before reading still gets the 413, and one that never stops sending
+// is cut off.
 func TestHugeBody(t *testing.T) {
 	t.Parallel()
 	const limit = 1 << 20
@@ -181,32 +183,78 @@ func TestHugeBody(t *testing.T) {
 		if r.header.Get("X-Content-Type-Options") != "nosniff" {
 			t.Errorf("413 without X-Content-Type-Options: nosniff")
 		}
+		// The server waits for the rest of the body a bounded time (2 s),
+		// then hangs up.
+		answered := time.Now()
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("wait for the server to hang up: %v", err)
+		}
+		if d := time.Since(answered); d > 2*time.Second+time.Second {
+			t.Errorf("the server hung up %s after answering, want at most about 2 s", d)
+		}
+	})
+
+	t.Run("ContentLengthSentInFull", func(t *testing.T) {
+		// As Python's http.client and urllib do: the whole body first,
+		// then read the answer. The server must read (and drop) what is
+		// left of the body after answering, or closing the socket with
+		// unread data resets the connection and the 413 is lost with it.
+		const size = 13 << 20
+		c := dial(t, p, 30*time.Second)
+		w := bufio.NewWriter(c)
+		fmt.Fprintf(w, "POST /tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", size)
+		w.WriteString(`[{"name":"` + strings.Repeat("a", size-len(`[{"name":""}]`)) + `"}]`)
+		if err := w.Flush(); err != nil {
+			t.Fatalf("send 13 MB: %v", err)
+		}
+		r := readReply(t, c, http.MethodPost)
+		if r.status != http.StatusRequestEntityTooLarge {
+			t.Fatalf("13 MB body: %d %s, want 413", r.status, r.body)
+		}
+		if want := fmt.Sprintf(`"detail":"The request body is larger than the limit of %d bytes."`, limit); !strings.Contains(string(r.body), want) {
+			t.Errorf("13 MB body: %s, want a problem with %s", r.body, want)
+		}
+		checkNoLeak(t, "413", r)
 	})
 
 	t.Run("ChunkedEndless", func(t *testing.T) {
 		c := dial(t, p, 60*time.Second)
 		fmt.Fprint(c, "POST /tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
 		var sent atomic.Int64
+		hungUp := make(chan time.Time, 1)
 		go func() {
 			chunk := fmt.Sprintf("%x\r\n%s\r\n", 64<<10, strings.Repeat(" ", 64<<10))
 			for sent.Load() < 1<<30 {
 				if _, err := io.WriteString(c, chunk); err != nil {
-					return // the server has hung up
+					hungUp <- time.Now() // the server has hung up
+					return
 				}
 				sent.Add(64 << 10)
 			}
+			close(hungUp)
 		}()
 		r := readReply(t, c, http.MethodPost)
+		answered := time.Now()
 		if r.status != http.StatusRequestEntityTooLarge {
 			t.Fatalf("endless chunked body: %d %s, want 413", r.status, r.body)
 		}
 		checkNoLeak(t, "413", r)
-		// What the client got into the socket before the 413 is the
-		// limit plus kernel buffers, nowhere near the 1 GiB it would send.
-		if n := sent.Load(); n > 64<<20 {
-			t.Fatalf("the server took %d bytes of a body limited to %d", n, limit)
+		// The server answers, then reads on for a while so that a client
+		// still sending can read the answer, and hangs up within its
+		// bounds (2 s, 64 MiB): never the 1 GiB the client would send.
+		at, ok := <-hungUp
+		if !ok {
+			t.Fatalf("the server took all of a 1 GiB body limited to %d bytes", limit)
 		}
-		t.Logf("413 after the client had sent %d KiB (limit %d KiB)", sent.Load()>>10, limit>>10)
+		const slack = 24 << 20 // the socket buffers of both ends
+		if n := sent.Load(); n > limit+64<<20+slack {
+			t.Errorf("the server took %d MiB of an endless body before hanging up", n>>20)
+		}
+		if d := at.Sub(answered); d > 2*time.Second+time.Second {
+			t.Errorf("the server hung up %s after answering, want at most about 2 s", d)
+		}
+		t.Logf("413, then a hang-up %s later after the client had sent %d MiB (limit %d KiB)",
+			at.Sub(answered).Round(time.Millisecond), sent.Load()>>20, limit>>10)
 	})
 
 	if rows := mustRows(t, dbURL); len(rows) != 0 {

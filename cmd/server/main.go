@@ -190,11 +190,17 @@ func serveMetrics(log *slog.Logger, m *metrics.Metrics, cfg config, serveErr cha
 func waitForDatabase(ctx context.Context, log *slog.Logger, st *store.Store, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	wait := 250 * time.Millisecond
+	// cause is the last attempt's error that the deadline did not cut
+	// short: "connection refused" says more than "context deadline exceeded".
+	var cause error
 	for attempt := 1; ; attempt++ {
 		// Each attempt ends at the deadline too: a lock held by a hung
 		// instance must not keep this one waiting past STARTUP_TIMEOUT.
 		attemptCtx, cancel := context.WithDeadline(ctx, deadline)
 		dialect, version, err := st.Migrate(attemptCtx)
+		if err != nil && (attemptCtx.Err() == nil || cause == nil) {
+			cause = err
+		}
 		cancel()
 		if err == nil {
 			log.Info("database ready", "dialect", string(dialect), "server_version", version, "attempt", attempt)
@@ -207,7 +213,9 @@ func waitForDatabase(ctx context.Context, log *slog.Logger, st *store.Store, lim
 			return fmt.Errorf("database: %w", err)
 		}
 		if !time.Now().Before(deadline) {
-			return fmt.Errorf("database not reachable within STARTUP_TIMEOUT (%s): %w", limit, err)
+			return fmt.Errorf("database not reachable within STARTUP_TIMEOUT (%s): %w; "+
+				"start it (the YugabyteDB of docker-compose.yml: docker compose up -d yugabytedb) "+
+				"or set DATABASE_URL to a database that runs", limit, cause)
 		}
 		// The last wait ends at the deadline, for one more try there.
 		wait = min(wait, time.Until(deadline))

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/ybrest/testsapi/internal/store"
 )
 
 // FuzzParseCreate feeds arbitrary bodies to the POST /tests decoder: it
@@ -53,7 +55,7 @@ func FuzzParseCreate(f *testing.F) {
 			t.Fatalf("accepted %d names (single %v)", len(names), single)
 		}
 		for _, n := range names {
-			if !utf8.ValidString(n) || strings.IndexByte(n, 0) >= 0 || n == "" || utf8.RuneCountInString(n) > maxNameLength {
+			if !utf8.ValidString(n) || strings.IndexByte(n, 0) >= 0 || n == "" || utf8.RuneCountInString(n) > store.MaxNameLen {
 				t.Fatalf("accepted unstorable name %q", n)
 			}
 		}

@@ -5,13 +5,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
-	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
-)
 
-// maxNameLength is the length of column name, varchar(255): characters, not bytes.
-const maxNameLength = 255
+	"github.com/ybrest/testsapi/internal/store"
+)
 
 // newTest is one item of a POST /tests body: {"name": "..."}.
 type newTest struct {
@@ -135,16 +133,13 @@ func (t newTest) problems(pointer string) []fieldError {
 	case !t.present:
 		return []fieldError{{at, "name is required."}}
 	case t.badUTF8:
-		return []fieldError{{at, "name is not valid UTF-8."}}
+		return []fieldError{{at, store.NameNotUTF8}}
 	case t.Name == "":
 		return []fieldError{{at, "name must not be empty."}}
 	}
 	var errs []fieldError
-	if n := utf8.RuneCountInString(t.Name); n > maxNameLength {
-		errs = append(errs, fieldError{at, "name has " + strconv.Itoa(n) + " characters; the most is 255."})
-	}
-	if strings.IndexByte(t.Name, 0) >= 0 {
-		errs = append(errs, fieldError{at, "name must not contain NUL characters."})
+	for _, p := range store.NameProblems(t.Name) {
+		errs = append(errs, fieldError{at, p})
 	}
 	return errs
 }

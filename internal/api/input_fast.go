@@ -1,7 +1,7 @@
 package api
 
 import (
-	"unicode/utf8"
+	"github.com/ybrest/testsapi/internal/store"
 )
 
 // parseCreateFast decodes the common POST /tests bodies, an array of
@@ -9,8 +9,9 @@ import (
 // spends most of the server's time of a bulk import (reflection, a map per
 // item for the strict key check, and a string per item). It answers only a
 // body it can take as it is: JSON whitespace between tokens, exactly one key
-// "name" per object, each name a string without escapes that is valid UTF-8
-// of 1 to 255 characters, 1 to maxItems items and nothing after the value.
+// "name" per object, each name a non-empty string without escapes that the
+// column takes (store.ValidName), 1 to maxItems items and nothing after the
+// value.
 // For anything else (an escape, another or a repeated key, null, a number,
 // an invalid name, malformed JSON) ok is false and parseCreate's full
 // decoder answers, so that every error keeps its one source; FuzzParseCreate
@@ -23,7 +24,11 @@ func parseCreateFast(body []byte, maxItems int) (names []string, single, ok bool
 		if !ok || !s.end() {
 			return nil, false, false
 		}
-		return []string{string(body[start:end])}, true, true
+		name := string(body[start:end])
+		if !store.ValidName(name) {
+			return nil, false, false
+		}
+		return []string{name}, true, true
 	}
 	if !s.byte('[') {
 		return nil, false, false
@@ -57,6 +62,9 @@ func parseCreateFast(body []byte, maxItems int) (names []string, single, ok bool
 	names = make([]string, len(spans)/2)
 	for i := range names {
 		names[i] = all[spans[2*i]:spans[2*i+1]]
+		if !store.ValidName(names[i]) {
+			return nil, false, false
+		}
 	}
 	return names, false, true
 }
@@ -96,7 +104,8 @@ func (s *scanner) end() bool {
 }
 
 // item reads {"name": "..."} and returns where the name is in b, if it is
-// a storable name without escapes.
+// a non-empty string without escapes (the caller checks it is a name the
+// column takes).
 func (s *scanner) item() (start, end int, ok bool) {
 	const key = `"name"`
 	if !s.byte('{') {
@@ -110,7 +119,7 @@ func (s *scanner) item() (start, end int, ok bool) {
 	if !s.byte(':') || !s.byte('"') {
 		return 0, 0, false
 	}
-	start, ascii := s.i, true
+	start = s.i
 	for ; s.i < len(s.b); s.i++ {
 		c := s.b[s.i]
 		if c == '"' {
@@ -120,7 +129,6 @@ func (s *scanner) item() (start, end int, ok bool) {
 			// An escape, or a control character JSON does not allow.
 			return 0, 0, false
 		}
-		ascii = ascii && c < utf8.RuneSelf
 	}
 	if s.i == len(s.b) {
 		return 0, 0, false
@@ -130,14 +138,5 @@ func (s *scanner) item() (start, end int, ok bool) {
 	if !s.byte('}') {
 		return 0, 0, false
 	}
-	return start, end, storable(s.b[start:end], ascii)
-}
-
-// storable reports whether name, free of escapes and control characters,
-// is a name the column takes: 1 to 255 characters of valid UTF-8.
-func storable(name []byte, ascii bool) bool {
-	if ascii {
-		return len(name) > 0 && len(name) <= maxNameLength
-	}
-	return utf8.Valid(name) && utf8.RuneCount(name) <= maxNameLength
+	return start, end, end > start
 }

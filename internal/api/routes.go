@@ -80,8 +80,10 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	r := chi.NewRouter()
 	// GetHead answers HEAD with the GET handler (net/http drops the body),
 	// as RFC 9110 expects of every GET resource. instrument sits inside the
-	// access log to reuse its response writer wrapper.
-	r.Use(requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
+	// access log to reuse its response writer wrapper. lingerBody comes
+	// first, so that the access log and the metrics time the answer, not
+	// the reading of a refused body after it.
+	r.Use(lingerBody, requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
 
 	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
 		Post("/tests", handleTestsCreate(log, st, lim, o.idempotencyTTL).ServeHTTP)

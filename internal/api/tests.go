@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/ybrest/testsapi/internal/store"
@@ -272,8 +271,9 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 		}
 		name, byName := q.Get("name"), q.Has("name")
 		if byName {
-			if !utf8.ValidString(name) || strings.ContainsRune(name, 0) {
-				respond(log, w, r, badRequest("name must be valid UTF-8 without NUL."))
+			if problems := store.NameProblems(name); problems != nil {
+				// No row can have it (the name rule is the column's).
+				respond(log, w, r, badRequest(strings.Join(problems, " ")))
 				return
 			}
 			rows = func(ctx context.Context, fn func(store.Test) error) error {

@@ -266,7 +266,8 @@ type ListTestsParams struct {
 	After *After `form:"after,omitempty" json:"after,omitempty"`
 
 	// Name Only the test with exactly this name (zero or one row). It must be
-	// valid UTF-8 without NUL (else `400`).
+	// a name the column could hold: valid UTF-8, no NUL, at most 255
+	// characters (else `400`).
 	Name *Name `form:"name,omitempty" json:"name,omitempty"`
 
 	// IfNoneMatch Entity tags of representations the client has (or `*`); when the

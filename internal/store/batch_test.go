@@ -383,9 +383,7 @@ WHERE c.relname = 'test' AND c.relnamespace = current_schema()::regnamespace AND
 		return err == nil && n == 0
 	})
 	release()
-	if _, err := e.st.Create(t.Context(), "after"); err != nil {
-		t.Fatal(err)
-	}
+	mustCreate(t, e.st, "after")
 	if rows := e.stored(t); len(rows) != 1 {
 		t.Errorf("table %v, want only after: the abandoned statements must not have run", rows)
 	}

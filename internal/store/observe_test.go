@@ -39,9 +39,7 @@ func TestObserveErrors(t *testing.T) {
 	if _, _, err := st.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Create(t.Context(), "Bob"); err != nil {
-		t.Fatal(err)
-	}
+	mustCreate(t, st, "Bob")
 	if got := c.list(); len(got) != 0 {
 		t.Fatalf("after successful calls: reported %q, want nothing", got)
 	}

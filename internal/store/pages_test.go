@@ -146,9 +146,7 @@ func TestListSeesAcknowledgedWrites(t *testing.T) {
 	e := mustPageEnv(t)
 	older := e.list(t.Context())
 	<-e.ran // its rows are read: a, b, c
-	if _, err := e.st.Create(t.Context(), "d"); err != nil {
-		t.Fatal(err)
-	}
+	mustCreate(t, e.st, "d")
 	newer := e.joined(t, t.Context(), 1)[0]
 	e.releaseBoth()
 	if r := <-older; !slices.Equal(names(r.rows), []string{"a", "b", "c"}) {

@@ -23,6 +23,16 @@ func mustStore(t *testing.T, url string) (*store.Store, *pgxpool.Pool) {
 	return store.New(pool), pool
 }
 
+// mustCreate creates a row named name with st.Create and returns it.
+func mustCreate(t *testing.T, st *store.Store, name string) store.Test {
+	t.Helper()
+	row, err := st.Create(t.Context(), name)
+	if err != nil {
+		t.Fatalf("Create %q: %v", name, err)
+	}
+	return row
+}
+
 func TestDetectDialect(t *testing.T) {
 	tests := []struct {
 		version string
@@ -98,10 +108,7 @@ func TestDatabaseDown(t *testing.T) {
 	if _, _, err := st.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	bob, err := st.Create(t.Context(), "Bob")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bob := mustCreate(t, st, "Bob")
 	srv.Stop(t)
 	if _, err := st.Create(t.Context(), "Ann"); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("Create with the database down: %v, want ErrUnavailable", err)
@@ -113,32 +120,5 @@ func TestDatabaseDown(t *testing.T) {
 	got, err := st.Get(t.Context(), int64(bob.ID))
 	if err != nil || got != bob {
 		t.Fatalf("after restart: %+v %v, want %+v", got, err, bob)
-	}
-}
-
-// TestCreateAfterExplicitID: a row written by another client with an
-// explicit id ahead of the sequence makes one insert collide on the
-// primary key; the store retries with the next id instead of failing.
-func TestCreateAfterExplicitID(t *testing.T) {
-	t.Parallel()
-	// One connection, so that b's id is the one after a's on YugabyteDB
-	// too, where each connection caches sequence values of its own.
-	st, pool := mustStore(t, dbtest.NewSchema(t)+"&pool_max_conns=1")
-	if _, _, err := st.Migrate(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	a, err := st.Create(t.Context(), "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(t.Context(), `INSERT INTO test (id, name) VALUES ($1, 'explicit')`, a.ID+1); err != nil {
-		t.Fatal(err)
-	}
-	b, err := st.Create(t.Context(), "b")
-	if err != nil || b.ID != a.ID+2 {
-		t.Fatalf("Create after an explicit id: %+v %v, want id %d", b, err, a.ID+2)
-	}
-	if _, err := st.Create(t.Context(), "explicit"); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("taken name: %v, want ErrConflict", err)
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
-	"unicode/utf8"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
@@ -21,19 +19,12 @@ func (s *Store) Create(ctx context.Context, name string) (Test, error) {
 	if !s.ready.Load() {
 		return Test{}, errNotMigrated
 	}
-	if !batchable(name) {
-		// The column would reject it, and the error would fail every
-		// create of its batch.
+	if !ValidName(name) {
+		// The column would reject it (or cut it), and the error would fail
+		// every create of its batch.
 		return s.createOne(ctx, name)
 	}
 	return s.creates.do(ctx, name)
-}
-
-// batchable reports whether the column takes name as it is: valid UTF-8
-// without NUL, at most 255 characters (longer ones are an error, or cut
-// if the excess is spaces, and then the returned name would not match).
-func batchable(name string) bool {
-	return utf8.ValidString(name) && !strings.ContainsRune(name, 0) && utf8.RuneCountInString(name) <= 255
 }
 
 // createOne inserts one row by itself, with the batch's statement but

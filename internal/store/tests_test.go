@@ -33,10 +33,7 @@ func mustMigrated(t *testing.T) (*store.Store, *pgxpool.Pool) {
 func mustStoredA(t *testing.T, offsets ...int32) (*store.Store, *pgxpool.Pool, map[string]int32) {
 	t.Helper()
 	st, pool := mustMigrated(t)
-	a, err := st.Create(t.Context(), "a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustCreate(t, st, "a")
 	for i, off := range offsets {
 		const q = `INSERT INTO test (id, name) VALUES ($1, $2)`
 		if _, err := pool.Exec(t.Context(), q, a.ID+off, fmt.Sprint("explicit", i)); err != nil {
@@ -469,4 +466,28 @@ func (l *beginLog) take() []string {
 	got := l.begins
 	l.begins = nil
 	return got
+}
+
+// TestCreateAfterExplicitID: a row written by another client with an
+// explicit id ahead of the sequence makes one insert collide on the
+// primary key; the store retries with the next id instead of failing.
+func TestCreateAfterExplicitID(t *testing.T) {
+	t.Parallel()
+	// One connection, so that b's id is the one after a's on YugabyteDB
+	// too, where each connection caches sequence values of its own.
+	st, pool := mustStore(t, dbtest.NewSchema(t)+"&pool_max_conns=1")
+	if _, _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	a := mustCreate(t, st, "a")
+	if _, err := pool.Exec(t.Context(), `INSERT INTO test (id, name) VALUES ($1, 'explicit')`, a.ID+1); err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Create(t.Context(), "b")
+	if err != nil || b.ID != a.ID+2 {
+		t.Fatalf("Create after an explicit id: %+v %v, want id %d", b, err, a.ID+2)
+	}
+	if _, err := st.Create(t.Context(), "explicit"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("taken name: %v, want ErrConflict", err)
+	}
 }
