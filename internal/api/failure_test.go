@@ -68,6 +68,9 @@ func TestFailures(t *testing.T) {
 	}{
 		{"Unavailable", fmt.Errorf("query: %w: %s", store.ErrUnavailable, secret), http.StatusServiceUnavailable},
 		{"Timeout", fmt.Errorf("query: %w", context.DeadlineExceeded), http.StatusServiceUnavailable},
+		// A statement cancelled by the service itself (a shared batch or
+		// page query that everyone else left), the client still there.
+		{"CancelledByService", fmt.Errorf("query: %w", context.Canceled), http.StatusServiceUnavailable},
 		{"Internal", errors.New(secret), http.StatusInternalServerError},
 		{"Panic", nil, http.StatusInternalServerError},
 	}
@@ -90,6 +93,27 @@ func TestFailures(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestClientGone: a cancelled request whose client closed its connection
+// is logged as 499 (nobody reads the answer); the same error with the
+// client still there is a 503 (TestFailures, CancelledByService).
+func TestClientGone(t *testing.T) {
+	t.Parallel()
+	h := api.NewHandler(slog.New(slog.DiscardHandler), failingStore{fmt.Errorf("query: %w", context.Canceled)}, testLimits)
+	for _, rq := range []struct{ method, path, body string }{
+		{"POST", "/tests", `{"name": "a"}`},
+		{"GET", "/tests", ""},
+		{"GET", "/tests/1", ""},
+	} {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel() // as net/http does when the client's connection closes
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, newRequest(rq.method, rq.path, rq.body).WithContext(ctx))
+		if rec.Code != 499 {
+			t.Errorf("%s %s, client gone: %d, want 499 (for the access log)", rq.method, rq.path, rec.Code)
 		}
 	}
 }
