@@ -96,6 +96,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			RequestTimeout: cfg.RequestTimeout,
 			WriteTimeout:   cfg.WriteTimeout,
 			MaxExports:     cfg.MaxExports,
+			// Ready means a request would get a connection that answers
+			// within the time a request waits for one.
+			ReadyTimeout: cfg.DBAcquireTimeout,
 		}, append(handlerOptions(cfg), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,

@@ -36,6 +36,7 @@ type Limits struct {
 	RequestTimeout time.Duration // longest a non-streaming request may take; then 503
 	WriteTimeout   time.Duration // longest a streaming export may go without writing
 	MaxExports     int           // most NDJSON/CSV exports at once; more is 503
+	ReadyTimeout   time.Duration // longest GET /readyz waits for its database ping; 0 means 2 s
 }
 
 // Option turns on or tunes an optional feature of the handler.
@@ -84,7 +85,7 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
 	r.With(timeout(lim.RequestTimeout)).Get("/tests/{id}", handleTestsGet(log, st).ServeHTTP)
 	r.Get("/healthz", handleHealthz().ServeHTTP)
-	r.Get("/readyz", handleReadyz(log, st).ServeHTTP)
+	r.Get("/readyz", handleReadyz(log, st, lim.ReadyTimeout).ServeHTTP)
 	r.Get("/openapi.yaml", handleOpenAPI(testsapi.OpenAPI).ServeHTTP)
 	r.Get("/", handleRoot().ServeHTTP)
 	r.Get("/docs", handleDocs().ServeHTTP)
