@@ -298,6 +298,101 @@ func TestExportStalledDatabase(t *testing.T) {
 	}
 }
 
+// TestExportStallMidStream: the database goes silent (a blackhole in the
+// proxy between the service and PostgreSQL) in the middle of a 200,000-row
+// export. The export is cut, visibly (the client's read fails), within
+// ExportStallTimeout of the last row; its pool connection and its export
+// slot (MaxExports is 1 here) are freed, even while the network stays
+// silent, so the next export, once the network is back, runs whole.
+func TestExportStallMidStream(t *testing.T) {
+	t.Parallel()
+	const (
+		rows   = 200_000
+		stall  = time.Second
+		margin = time.Second
+	)
+	url := dbtest.NewSchema(t)
+	px := dbtest.NewProxy(t, url)
+	lim := testLimits
+	lim.MaxExports = 1
+	lim.ExportStallTimeout = stall
+	e := mustEnvURL(t, px.URL(url), lim)
+	// Long names, so that the export (about 24 MB) is far more than the
+	// socket buffers between PostgreSQL and the client can hold.
+	if _, err := e.pool.Exec(t.Context(), `INSERT INTO test (name) SELECT repeat('x', 100) || i FROM generate_series(1, $1) AS i`, rows); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(e.h)
+	defer srv.Close()
+	export := func(ctx context.Context) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, "GET", srv.URL+"/tests", nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Accept", "application/x-ndjson")
+		return srv.Client().Do(req)
+	}
+
+	// Without the stall bound the export would wait for ever: the test's
+	// own bound is 20 s.
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	res, err := export(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("export: %d", res.StatusCode)
+	}
+	buf := make([]byte, 32<<10)
+	if _, err := io.ReadFull(res.Body, buf[:4096]); err != nil {
+		t.Fatalf("first 4 KB of the export: %v", err)
+	}
+	if err := px.Blackhole(); err != nil {
+		t.Fatal(err)
+	}
+	got, lastRead := 4096, time.Now()
+	for {
+		n, err := res.Body.Read(buf)
+		if n > 0 {
+			got, lastRead = got+n, time.Now()
+		}
+		if err == io.EOF {
+			t.Fatalf("the export read as complete (%d bytes) although the database went silent", got)
+		}
+		if err != nil {
+			cutAfter := time.Since(lastRead)
+			if cutAfter > stall+margin {
+				t.Errorf("export cut %s after its last bytes, want within %s (ExportStallTimeout %s): %v", cutAfter, stall+margin, stall, err)
+			}
+			t.Logf("export cut %s after its last bytes (%d bytes read): %v", cutAfter.Round(time.Millisecond), got, err)
+			break
+		}
+	}
+	// pgx closes a connection cut by a cancel in the background, trying
+	// a cancel request and draining it for up to 15 s, and the pool counts
+	// it until then: on a network that swallows everything that is the
+	// whole 15 s.
+	cut := time.Now()
+	dbtest.WaitFor(t, "the export's pool connection freed", 20*time.Second, func() bool { return e.pool.Stat().AcquiredConns() == 0 })
+	t.Logf("the pool let the export's connection go %s after the cut", time.Since(cut).Round(time.Millisecond))
+
+	px.Clear()
+	res2, err := export(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res2.Body.Close()
+	b, err := io.ReadAll(res2.Body)
+	if res2.StatusCode != http.StatusOK || err != nil {
+		t.Fatalf("export after the stall: %d, %v after %d bytes; want the export slot free and a whole export", res2.StatusCode, err, len(b))
+	}
+	if n := bytes.Count(b, []byte("\n")); n != rows {
+		t.Fatalf("export after the stall: %d rows, want %d", n, rows)
+	}
+}
+
 // lateRowStore's first row comes just as the first-row timeout fires.
 type lateRowStore struct{ failingStore }
 

@@ -37,6 +37,17 @@ type Limits struct {
 	WriteTimeout   time.Duration // longest a streaming export may go without writing
 	MaxExports     int           // most NDJSON/CSV exports at once; more is 503
 	ReadyTimeout   time.Duration // longest GET /readyz waits for its database ping; 0 means 2 s
+	// ExportStallTimeout is the longest an export that has begun waits
+	// for its next row from the database; then it is cut. 0 means
+	// RequestTimeout.
+	ExportStallTimeout time.Duration
+}
+
+func (l Limits) exportStallTimeout() time.Duration {
+	if l.ExportStallTimeout > 0 {
+		return l.ExportStallTimeout
+	}
+	return l.RequestTimeout
 }
 
 // Option turns on or tunes an optional feature of the handler.
