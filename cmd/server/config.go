@@ -23,18 +23,25 @@ type config struct {
 	DBMaxConnLifetime time.Duration `envconfig:"DB_MAX_CONN_LIFETIME" default:"30m"`
 	DBConnectTimeout  time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"5s"`
 	DBAcquireTimeout  time.Duration `envconfig:"DB_ACQUIRE_TIMEOUT" default:"2s"`
+	// The next three default to store.DefaultTCPKeepAlive,
+	// DefaultTCPUserTimeout and DefaultIdlePing (config_test checks it).
+	DBTCPKeepAlive    time.Duration `envconfig:"DB_TCP_KEEPALIVE" default:"5s"`
+	DBTCPUserTimeout  time.Duration `envconfig:"DB_TCP_USER_TIMEOUT" default:"10s"`
+	DBIdlePing        time.Duration `envconfig:"DB_IDLE_PING" default:"5s"`
 	StartupTimeout    time.Duration `envconfig:"STARTUP_TIMEOUT" default:"60s"`
 	RequestTimeout    time.Duration `envconfig:"REQUEST_TIMEOUT" default:"10s"`
 	ReadHeaderTimeout time.Duration `envconfig:"READ_HEADER_TIMEOUT" default:"5s"`
 	ReadTimeout       time.Duration `envconfig:"READ_TIMEOUT" default:"30s"`
 	WriteTimeout      time.Duration `envconfig:"WRITE_TIMEOUT" default:"30s"`
-	IdleTimeout       time.Duration `envconfig:"IDLE_TIMEOUT" default:"120s"`
-	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"20s"`
-	MaxBodyBytes      int64         `envconfig:"MAX_BODY_BYTES" default:"4194304"`
-	MaxBatch          int           `envconfig:"MAX_BATCH" default:"10000"`
-	MaxExports        int           `envconfig:"MAX_EXPORTS" default:"4"`
-	LogLevel          slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
-	IdempotencyTTL    time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
+	// ExportStallTimeout 0 (the default) means RequestTimeout.
+	ExportStallTimeout time.Duration `envconfig:"EXPORT_STALL_TIMEOUT"`
+	IdleTimeout        time.Duration `envconfig:"IDLE_TIMEOUT" default:"120s"`
+	ShutdownTimeout    time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"20s"`
+	MaxBodyBytes       int64         `envconfig:"MAX_BODY_BYTES" default:"4194304"`
+	MaxBatch           int           `envconfig:"MAX_BATCH" default:"10000"`
+	MaxExports         int           `envconfig:"MAX_EXPORTS" default:"4"`
+	LogLevel           slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
+	IdempotencyTTL     time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
 	// APIToken is read from API_TOKEN or the file API_TOKEN_FILE names;
 	// envconfig does not read it, so that its value is never in an error.
 	APIToken string `ignored:"true"`
@@ -56,11 +63,15 @@ func loadConfig() (config, error) {
 		{"DB_MAX_CONN_LIFETIME", c.DBMaxConnLifetime > 0},
 		{"DB_CONNECT_TIMEOUT", c.DBConnectTimeout > 0},
 		{"DB_ACQUIRE_TIMEOUT", c.DBAcquireTimeout > 0},
+		{"DB_TCP_KEEPALIVE", c.DBTCPKeepAlive == 0 || c.DBTCPKeepAlive >= time.Second},
+		{"DB_TCP_USER_TIMEOUT", c.DBTCPUserTimeout == 0 || c.DBTCPUserTimeout >= time.Millisecond},
+		{"DB_IDLE_PING", c.DBIdlePing >= 0},
 		{"STARTUP_TIMEOUT", c.StartupTimeout > 0},
 		{"REQUEST_TIMEOUT", c.RequestTimeout > 0},
 		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout > 0},
 		{"READ_TIMEOUT", c.ReadTimeout > 0},
 		{"WRITE_TIMEOUT", c.WriteTimeout > 0},
+		{"EXPORT_STALL_TIMEOUT", c.ExportStallTimeout >= 0},
 		{"IDLE_TIMEOUT", c.IdleTimeout > 0},
 		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout > 0},
 		{"MAX_BODY_BYTES", c.MaxBodyBytes >= 1},

@@ -50,7 +50,7 @@ func mustEnv(t *testing.T) *env {
 
 func mustEnvURL(t testing.TB, url string, lim api.Limits) *env {
 	t.Helper()
-	pool := mustPool(t, url)
+	pool := mustPool(t, url, nil)
 	st := store.New(pool)
 	if _, _, err := st.Migrate(context.Background()); err != nil {
 		t.Fatalf("migrate: %v", err)
@@ -58,20 +58,24 @@ func mustEnvURL(t testing.TB, url string, lim api.Limits) *env {
 	return &env{h: api.NewHandler(slog.New(slog.DiscardHandler), st, lim), pool: pool, st: st}
 }
 
-func mustPool(t testing.TB, url string) *pgxpool.Pool {
+// mustPool opens a pool on url with the connections cmd/server opens
+// (store.NewPool), configure (when not nil) applied to pgx's settings
+// first; it is closed in t.Cleanup.
+func mustPool(t testing.TB, url string, configure func(*pgxpool.Config), opts ...store.PoolOption) *pgxpool.Pool {
 	t.Helper()
-	// Connections set up as cmd/server sets them up.
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}
-	store.ConfigurePool(cfg)
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := store.NewPool(context.Background(), cfg, opts...)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	return pool
+	return pool.Pool
 }
 
 // response is what a request got, body read.

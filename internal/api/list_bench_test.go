@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/api"
 	"github.com/ybrest/testsapi/internal/dbtest"
 	"github.com/ybrest/testsapi/internal/store"
@@ -29,16 +28,7 @@ import (
 // database's limit.
 func BenchmarkListPage(b *testing.B) {
 	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(dbtest.NewSchema(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	store.ConfigurePool(cfg)
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Close)
+	pool := mustPool(b, dbtest.NewSchema(b), nil)
 	st := store.New(pool)
 	if _, _, err := st.Migrate(ctx); err != nil {
 		b.Fatal(err)

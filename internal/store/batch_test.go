@@ -42,17 +42,8 @@ type batchEnv struct {
 
 func mustBatchEnv(t *testing.T, url string, opts ...store.Option) *batchEnv {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Room for the lock holders, the flights and the test's own queries.
-	cfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := mustPool(t, url, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 })
 	e := &batchEnv{pool: pool, url: url}
 	e.st = store.New(pool, append(opts, store.OnBatch(func(size int) {
 		e.mu.Lock()
