@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -231,4 +232,61 @@ func runNetFault(t *testing.T, inject func(*dbtest.Proxy) error) {
 	t.Logf("%d rows acknowledged (%d in the table); answers: %s; slowest answer %s; %d readiness probes during the fault, all 503; first 201 %s after the fault ended",
 		len(log.created), len(rows), strings.Join(summary, "; "), slowest.Round(time.Millisecond),
 		len(readyDuring), recovered.Sub(clearedAt).Round(time.Millisecond))
+}
+
+// TestDatabaseVanishedIdle: the database host vanishes (a blackhole) while
+// the service is idle. With no request, the pool's idle connections are
+// gone within DB_IDLE_PING plus DB_ACQUIRE_TIMEOUT (the metrics say so),
+// /readyz answers 503 within DB_ACQUIRE_TIMEOUT, and once the network is
+// back the service is ready again by itself.
+func TestDatabaseVanishedIdle(t *testing.T) {
+	t.Parallel()
+	const (
+		idlePing = time.Second
+		acquire  = time.Second
+		idle     = 3
+	)
+	dbURL := dbtest.NewSchema(t)
+	px := dbtest.NewProxy(t, dbURL)
+	p := startReady(t, px.URL(dbURL), "DB_IDLE_PING="+idlePing.String(), "DB_ACQUIRE_TIMEOUT="+acquire.String(),
+		"DB_MIN_CONNS="+fmt.Sprint(idle), "DB_CONNECT_TIMEOUT=1s", "DB_TCP_KEEPALIVE=1s", "DB_TCP_USER_TIMEOUT=2s")
+	metric := func(name string) string {
+		r := p.mustDo(t, http.MethodGet, "/metrics", "")
+		for line := range strings.SplitSeq(string(r.body), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return v
+			}
+		}
+		t.Fatalf("no %s in /metrics:\n%s", name, r.body)
+		return ""
+	}
+	var before int
+	dbtest.WaitFor(t, fmt.Sprintf("%d idle connections", idle), startWithin, func() bool {
+		before, _ = strconv.Atoi(metric("testsapi_db_pool_idle_conns"))
+		return before >= idle
+	})
+
+	if err := px.Blackhole(); err != nil {
+		t.Fatal(err)
+	}
+	faultAt := time.Now()
+	// Idle ones being pinged count as acquired: the pool's total says
+	// when they are gone.
+	dbtest.WaitFor(t, "no connection left in the pool", idlePing+acquire+faultMargin, func() bool {
+		return metric("testsapi_db_pool_total_conns") == "0"
+	})
+	gone := time.Since(faultAt)
+	began := time.Now()
+	r := p.mustDo(t, http.MethodGet, "/readyz", "")
+	readyTook := time.Since(began)
+	checkUnavailable(t, "GET /readyz with the database gone", r)
+	if readyTook > acquire+faultMargin {
+		t.Errorf("GET /readyz with the database gone took %s, want at most %s", readyTook, acquire+faultMargin)
+	}
+
+	px.Clear()
+	clearedAt := time.Now()
+	p.waitReady(t, faultRecovery)
+	t.Logf("%d idle connections gone %s after the blackhole began (DB_IDLE_PING %s, DB_ACQUIRE_TIMEOUT %s); /readyz 503 in %s; ready %s after the network came back",
+		before, gone.Round(time.Millisecond), idlePing, acquire, readyTook.Round(time.Millisecond), time.Since(clearedAt).Round(time.Millisecond))
 }
