@@ -524,9 +524,11 @@ type ClientInterface interface {
 
 	// Readyz Readiness check
 	//
-	// Readiness probe. Pings the database with a short timeout; answers
-	// `200` when the ping succeeds and `503` when it fails (or the schema
-	// is not in place yet, while the service waits for its database).
+	// Readiness probe. Pings the database, waiting at most
+	// `DB_ACQUIRE_TIMEOUT` for the connection and its answer together;
+	// answers `200` when the ping succeeds and `503` when it fails or takes
+	// longer (or the schema is not in place yet, while the service waits for
+	// its database).
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -546,6 +548,11 @@ type ClientInterface interface {
 	//   limit, rows are limited only when `limit` is given.
 	// * `text/csv`: a header line `id,name`, then one row per test, with
 	//   RFC 4180 quoting and CRLF line ends; streamed like NDJSON.
+	//
+	// A stream that fails once it has begun (the database fails, or sends
+	// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
+	// before the end of the chunked body, so a client never takes a partial
+	// export for a whole one.
 	//
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -761,9 +768,11 @@ func (c *Client) GetOpenAPI(ctx context.Context, reqEditors ...RequestEditorFn) 
 
 // Readyz Readiness check
 //
-// Readiness probe. Pings the database with a short timeout; answers
-// `200` when the ping succeeds and `503` when it fails (or the schema
-// is not in place yet, while the service waits for its database).
+// Readiness probe. Pings the database, waiting at most
+// `DB_ACQUIRE_TIMEOUT` for the connection and its answer together;
+// answers `200` when the ping succeeds and `503` when it fails or takes
+// longer (or the schema is not in place yet, while the service waits for
+// its database).
 //
 // Corresponds with GET /readyz (the `Readyz` operationId).
 func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -793,6 +802,11 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 //     limit, rows are limited only when `limit` is given.
 //   - `text/csv`: a header line `id,name`, then one row per test, with
 //     RFC 4180 quoting and CRLF line ends; streamed like NDJSON.
+//
+// A stream that fails once it has begun (the database fails, or sends
+// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
+// before the end of the chunked body, so a client never takes a partial
+// export for a whole one.
 //
 // Corresponds with GET /tests (the `ListTests` operationId).
 func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1394,9 +1408,11 @@ type ClientWithResponsesInterface interface {
 
 	// ReadyzWithResponse Readiness check
 	//
-	// Readiness probe. Pings the database with a short timeout; answers
-	// `200` when the ping succeeds and `503` when it fails (or the schema
-	// is not in place yet, while the service waits for its database).
+	// Readiness probe. Pings the database, waiting at most
+	// `DB_ACQUIRE_TIMEOUT` for the connection and its answer together;
+	// answers `200` when the ping succeeds and `503` when it fails or takes
+	// longer (or the schema is not in place yet, while the service waits for
+	// its database).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1418,6 +1434,11 @@ type ClientWithResponsesInterface interface {
 	//   limit, rows are limited only when `limit` is given.
 	// * `text/csv`: a header line `id,name`, then one row per test, with
 	//   RFC 4180 quoting and CRLF line ends; streamed like NDJSON.
+	//
+	// A stream that fails once it has begun (the database fails, or sends
+	// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
+	// before the end of the chunked body, so a client never takes a partial
+	// export for a whole one.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2480,9 +2501,11 @@ func (c *ClientWithResponses) GetOpenAPIWithResponse(ctx context.Context, reqEdi
 
 // ReadyzWithResponse Readiness check
 //
-// Readiness probe. Pings the database with a short timeout; answers
-// `200` when the ping succeeds and `503` when it fails (or the schema
-// is not in place yet, while the service waits for its database).
+// Readiness probe. Pings the database, waiting at most
+// `DB_ACQUIRE_TIMEOUT` for the connection and its answer together;
+// answers `200` when the ping succeeds and `503` when it fails or takes
+// longer (or the schema is not in place yet, while the service waits for
+// its database).
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -2510,6 +2533,11 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 //     limit, rows are limited only when `limit` is given.
 //   - `text/csv`: a header line `id,name`, then one row per test, with
 //     RFC 4180 quoting and CRLF line ends; streamed like NDJSON.
+//
+// A stream that fails once it has begun (the database fails, or sends
+// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
+// before the end of the chunked body, so a client never takes a partial
+// export for a whole one.
 //
 // Returns a wrapper object for the known response body format(s).
 //
