@@ -160,6 +160,22 @@ func (e *batchEnv) behindLock(t *testing.T, names ...string) []result {
 	return out
 }
 
+// waitBatchAtServer waits until the queue is empty, the batch after the
+// blockers' has been sent, and a statement waits at the server for a row
+// lock of another transaction.
+func (e *batchEnv) waitBatchAtServer(t *testing.T, what string) {
+	t.Helper()
+	dbtest.WaitFor(t, what, within, func() bool {
+		var n int
+		err := e.pool.QueryRow(t.Context(), `
+SELECT count(*)
+FROM pg_locks
+WHERE locktype = 'transactionid' AND NOT granted
+  AND pid IN (SELECT pid FROM pg_locks WHERE relation = 'test'::regclass)`).Scan(&n)
+		return err == nil && n > 0 && e.st.Queued() == 0 && len(e.batches()) == store.MaxFlights+1
+	})
+}
+
 // stored returns the names in table test with their ids.
 func (e *batchEnv) stored(t *testing.T) map[string]int32 {
 	t.Helper()
@@ -325,15 +341,7 @@ FROM generate_series(0, %d) AS i`, store.MaxFlights-1))
 	held := e.queue(t, t.Context(), "held")[0]
 	gone := e.queue(t, ctx, "gone")[0]
 	releaseBlock() // the blockers go through; the flight sends [held, gone]
-	dbtest.WaitFor(t, "the batch [held, gone] waiting at the server", within, func() bool {
-		var n int
-		err := e.pool.QueryRow(t.Context(), `
-SELECT count(*)
-FROM pg_locks
-WHERE locktype = 'transactionid' AND NOT granted
-  AND pid IN (SELECT pid FROM pg_locks WHERE relation = 'test'::regclass)`).Scan(&n)
-		return err == nil && n > 0 && e.st.Queued() == 0 && len(e.batches()) == store.MaxFlights+1
-	})
+	e.waitBatchAtServer(t, "the batch [held, gone] waiting at the server")
 	cancel()
 	if r := recv(t, gone); !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("create cancelled after send: %+v, %v; want context.Canceled", r.t, r.err)
@@ -406,15 +414,7 @@ func TestBatchTimedOutAfterSend(t *testing.T) {
 	for _, ch := range blockers {
 		recv(t, ch)
 	}
-	dbtest.WaitFor(t, "the batch waiting at the server", within, func() bool {
-		var n int
-		err := e.pool.QueryRow(t.Context(), `
-SELECT count(*)
-FROM pg_locks
-WHERE locktype = 'transactionid' AND NOT granted
-  AND pid IN (SELECT pid FROM pg_locks WHERE relation = 'test'::regclass)`).Scan(&n)
-		return err == nil && n > 0 && len(e.batches()) == store.MaxFlights+1
-	})
+	e.waitBatchAtServer(t, "the batch waiting at the server")
 	ctx.expire(500 * time.Millisecond)
 	for i, ch := range chs {
 		r := recv(t, ch)
