@@ -25,18 +25,25 @@ type config struct {
 	DBMaxConnLifetime time.Duration `envconfig:"DB_MAX_CONN_LIFETIME" default:"30m"`
 	DBConnectTimeout  time.Duration `envconfig:"DB_CONNECT_TIMEOUT" default:"5s"`
 	DBAcquireTimeout  time.Duration `envconfig:"DB_ACQUIRE_TIMEOUT" default:"2s"`
+	// The next three default to store.DefaultTCPKeepAlive,
+	// DefaultTCPUserTimeout and DefaultIdlePing (config_test checks it).
+	DBTCPKeepAlive    time.Duration `envconfig:"DB_TCP_KEEPALIVE" default:"5s"`
+	DBTCPUserTimeout  time.Duration `envconfig:"DB_TCP_USER_TIMEOUT" default:"10s"`
+	DBIdlePing        time.Duration `envconfig:"DB_IDLE_PING" default:"5s"`
 	StartupTimeout    time.Duration `envconfig:"STARTUP_TIMEOUT" default:"60s"`
 	RequestTimeout    time.Duration `envconfig:"REQUEST_TIMEOUT" default:"10s"`
 	ReadHeaderTimeout time.Duration `envconfig:"READ_HEADER_TIMEOUT" default:"5s"`
 	ReadTimeout       time.Duration `envconfig:"READ_TIMEOUT" default:"30s"`
 	WriteTimeout      time.Duration `envconfig:"WRITE_TIMEOUT" default:"30s"`
-	IdleTimeout       time.Duration `envconfig:"IDLE_TIMEOUT" default:"120s"`
-	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"20s"`
-	MaxBodyBytes      int64         `envconfig:"MAX_BODY_BYTES" default:"4194304"`
-	MaxBatch          int           `envconfig:"MAX_BATCH" default:"10000"`
-	MaxExports        int           `envconfig:"MAX_EXPORTS" default:"4"`
-	LogLevel          slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
-	IdempotencyTTL    time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
+	// ExportStallTimeout 0 (the default) means RequestTimeout.
+	ExportStallTimeout time.Duration `envconfig:"EXPORT_STALL_TIMEOUT"`
+	IdleTimeout        time.Duration `envconfig:"IDLE_TIMEOUT" default:"120s"`
+	ShutdownTimeout    time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"20s"`
+	MaxBodyBytes       int64         `envconfig:"MAX_BODY_BYTES" default:"4194304"`
+	MaxBatch           int           `envconfig:"MAX_BATCH" default:"10000"`
+	MaxExports         int           `envconfig:"MAX_EXPORTS" default:"4"`
+	LogLevel           slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
+	IdempotencyTTL     time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
 	// APIToken is read from API_TOKEN or the file API_TOKEN_FILE names;
 	// envconfig does not read it, so that its value is never in an error.
 	APIToken string `ignored:"true"`
@@ -86,11 +93,19 @@ func rules(c config) []rule {
 		positive("DB_MAX_CONN_LIFETIME", c.DBMaxConnLifetime, "how long a connection is used before it is replaced"),
 		positive("DB_CONNECT_TIMEOUT", c.DBConnectTimeout, "the wait for a new database connection"),
 		positive("DB_ACQUIRE_TIMEOUT", c.DBAcquireTimeout, "a request's wait for a free connection"),
+		{"DB_TCP_KEEPALIVE", c.DBTCPKeepAlive.String(), c.DBTCPKeepAlive == 0 || c.DBTCPKeepAlive >= time.Second,
+			"must be 0s (off) or at least 1s, since the kernel counts keepalive idle time and intervals in whole seconds"},
+		{"DB_TCP_USER_TIMEOUT", c.DBTCPUserTimeout.String(), c.DBTCPUserTimeout == 0 || c.DBTCPUserTimeout >= time.Millisecond,
+			"must be 0s (the system's default) or at least 1ms, since the kernel counts it in milliseconds"},
+		{"DB_IDLE_PING", c.DBIdlePing.String(), c.DBIdlePing >= 0,
+			"must be 0s (off) or more, since it is how often idle connections are checked"},
 		positive("STARTUP_TIMEOUT", c.StartupTimeout, "the wait for the database at start-up"),
 		positive("REQUEST_TIMEOUT", c.RequestTimeout, "how long a request may take"),
 		positive("READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, "how long a client may take to send its headers"),
 		positive("READ_TIMEOUT", c.ReadTimeout, "how long a client may take to send its request"),
 		positive("WRITE_TIMEOUT", c.WriteTimeout, "how long an answer may take to write"),
+		{"EXPORT_STALL_TIMEOUT", c.ExportStallTimeout.String(), c.ExportStallTimeout >= 0,
+			"must be 0s (REQUEST_TIMEOUT) or more, since it bounds how long an export waits for its next row"},
 		positive("IDLE_TIMEOUT", c.IdleTimeout, "how long an idle connection stays open"),
 		positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout, "how long requests get to finish at shutdown"),
 		atLeast1("MAX_BODY_BYTES", c.MaxBodyBytes, "it is the largest request body, and a POST needs one"),

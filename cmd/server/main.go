@@ -68,9 +68,11 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	poolCfg.MaxConnLifetime = cfg.DBMaxConnLifetime
 	poolCfg.MaxConnLifetimeJitter = cfg.DBMaxConnLifetime / 10
 	poolCfg.ConnConfig.ConnectTimeout = cfg.DBConnectTimeout
-	store.LimitAcquire(poolCfg, cfg.DBAcquireTimeout)
-	store.ConfigurePool(poolCfg)
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	pool, err := store.NewPool(ctx, poolCfg,
+		store.AcquireTimeout(cfg.DBAcquireTimeout),
+		store.TCPKeepAlive(cfg.DBTCPKeepAlive),
+		store.TCPUserTimeout(cfg.DBTCPUserTimeout),
+		store.IdlePing(cfg.DBIdlePing))
 	if err != nil {
 		return fmt.Errorf("database pool: %w", err)
 	}
@@ -79,8 +81,8 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	m.CollectPool(pool.Stat)
 	// A create waiting for its group-commit batch is bounded like a
 	// request waiting for a connection.
-	st := store.New(pool, store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.BatchSize), store.OnPageRead(m.PageReaders))
-	st.ObserveErrors(m.DBError)
+	st := store.New(pool.Pool, store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.BatchSize),
+		store.OnPageRead(m.PageReaders), store.ObserveErrors(m.DBError))
 	// Deferred after pool.Close, so it runs first: creates still queued
 	// or in flight get their answer before the pool goes.
 	defer st.Close()
@@ -96,6 +98,10 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			RequestTimeout: cfg.RequestTimeout,
 			WriteTimeout:   cfg.WriteTimeout,
 			MaxExports:     cfg.MaxExports,
+			// Ready means a request would get a connection that answers
+			// within the time a request waits for one.
+			ReadyTimeout:       cfg.DBAcquireTimeout,
+			ExportStallTimeout: cfg.ExportStallTimeout,
 		}, append(handlerOptions(cfg), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,

@@ -60,7 +60,7 @@ type faultEnv struct{ *env }
 func mustFaultEnv(t *testing.T) faultEnv {
 	t.Helper()
 	url := dbtest.NewSchema(t)
-	admin := mustPool(t, url)
+	admin := mustPool(t, url, nil)
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ybrest/testsapi/internal/api"
+	"github.com/ybrest/testsapi/internal/dbtest"
 	"github.com/ybrest/testsapi/internal/store"
 )
 
@@ -75,6 +77,9 @@ func TestFailures(t *testing.T) {
 	}{
 		{"Unavailable", fmt.Errorf("query: %w: %s", store.ErrUnavailable, secret), http.StatusServiceUnavailable},
 		{"Timeout", fmt.Errorf("query: %w", context.DeadlineExceeded), http.StatusServiceUnavailable},
+		// A statement cancelled by the service itself (a shared batch or
+		// page query that everyone else left), the client still there.
+		{"CancelledByService", fmt.Errorf("query: %w", context.Canceled), http.StatusServiceUnavailable},
 		{"Internal", errors.New(secret), http.StatusInternalServerError},
 		{"Panic", nil, http.StatusInternalServerError},
 	}
@@ -97,6 +102,27 @@ func TestFailures(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestClientGone: a cancelled request whose client closed its connection
+// is logged as 499 (nobody reads the answer); the same error with the
+// client still there is a 503 (TestFailures, CancelledByService).
+func TestClientGone(t *testing.T) {
+	t.Parallel()
+	h := api.NewHandler(slog.New(slog.DiscardHandler), failingStore{fmt.Errorf("query: %w", context.Canceled)}, testLimits)
+	for _, rq := range []struct{ method, path, body string }{
+		{"POST", "/tests", `{"name": "a"}`},
+		{"GET", "/tests", ""},
+		{"GET", "/tests/1", ""},
+	} {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel() // as net/http does when the client's connection closes
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, newRequest(rq.method, rq.path, rq.body).WithContext(ctx))
+		if rec.Code != 499 {
+			t.Errorf("%s %s, client gone: %d, want 499 (for the access log)", rq.method, rq.path, rec.Code)
 		}
 	}
 }
@@ -171,6 +197,101 @@ func TestExportStalledDatabase(t *testing.T) {
 	problemOf(t, res, http.StatusServiceUnavailable)
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("stalled export answered after %s", d)
+	}
+}
+
+// TestExportStallMidStream: the database goes silent (a blackhole in the
+// proxy between the service and PostgreSQL) in the middle of a 200,000-row
+// export. The export is cut, visibly (the client's read fails), within
+// ExportStallTimeout of the last row; its pool connection and its export
+// slot (MaxExports is 1 here) are freed, even while the network stays
+// silent, so the next export, once the network is back, runs whole.
+func TestExportStallMidStream(t *testing.T) {
+	t.Parallel()
+	const (
+		rows   = 200_000
+		stall  = time.Second
+		margin = time.Second
+	)
+	url := dbtest.NewSchema(t)
+	px := dbtest.NewProxy(t, url)
+	lim := testLimits
+	lim.MaxExports = 1
+	lim.ExportStallTimeout = stall
+	e := mustEnvURL(t, px.URL(url), lim)
+	// Long names, so that the export (about 24 MB) is far more than the
+	// socket buffers between PostgreSQL and the client can hold.
+	if _, err := e.pool.Exec(t.Context(), `INSERT INTO test (name) SELECT repeat('x', 100) || i FROM generate_series(1, $1) AS i`, rows); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(e.h)
+	defer srv.Close()
+	export := func(ctx context.Context) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, "GET", srv.URL+"/tests", nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Accept", "application/x-ndjson")
+		return srv.Client().Do(req)
+	}
+
+	// Without the stall bound the export would wait for ever: the test's
+	// own bound is 20 s.
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	res, err := export(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("export: %d", res.StatusCode)
+	}
+	buf := make([]byte, 32<<10)
+	if _, err := io.ReadFull(res.Body, buf[:4096]); err != nil {
+		t.Fatalf("first 4 KB of the export: %v", err)
+	}
+	if err := px.Blackhole(); err != nil {
+		t.Fatal(err)
+	}
+	got, lastRead := 4096, time.Now()
+	for {
+		n, err := res.Body.Read(buf)
+		if n > 0 {
+			got, lastRead = got+n, time.Now()
+		}
+		if err == io.EOF {
+			t.Fatalf("the export read as complete (%d bytes) although the database went silent", got)
+		}
+		if err != nil {
+			cutAfter := time.Since(lastRead)
+			if cutAfter > stall+margin {
+				t.Errorf("export cut %s after its last bytes, want within %s (ExportStallTimeout %s): %v", cutAfter, stall+margin, stall, err)
+			}
+			t.Logf("export cut %s after its last bytes (%d bytes read): %v", cutAfter.Round(time.Millisecond), got, err)
+			break
+		}
+	}
+	// pgx closes a connection cut by a cancel in the background, trying
+	// a cancel request and draining it for up to 15 s, and the pool counts
+	// it until then: on a network that swallows everything that is the
+	// whole 15 s.
+	cut := time.Now()
+	dbtest.WaitFor(t, "the export's pool connection freed", 20*time.Second, func() bool { return e.pool.Stat().AcquiredConns() == 0 })
+	t.Logf("the pool let the export's connection go %s after the cut", time.Since(cut).Round(time.Millisecond))
+
+	px.Clear()
+	res2, err := export(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res2.Body.Close()
+	b, err := io.ReadAll(res2.Body)
+	if res2.StatusCode != http.StatusOK || err != nil {
+		t.Fatalf("export after the stall: %d, %v after %d bytes; want the export slot free and a whole export", res2.StatusCode, err, len(b))
+	}
+	if n := bytes.Count(b, []byte("\n")); n != rows {
+		t.Fatalf("export after the stall: %d rows, want %d", n, rows)
 	}
 }
 

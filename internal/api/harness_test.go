@@ -52,7 +52,11 @@ func mustEnv(t *testing.T) *env {
 
 func mustEnvURL(t testing.TB, url string, lim api.Limits, configure ...func(*pgxpool.Config)) *env {
 	t.Helper()
-	pool := mustPool(t, url, configure...)
+	pool := mustPool(t, url, func(cfg *pgxpool.Config) {
+		for _, c := range configure {
+			c(cfg)
+		}
+	})
 	st := store.New(pool)
 	if _, _, err := st.Migrate(context.Background()); err != nil {
 		t.Fatalf("migrate: %v", err)
@@ -60,24 +64,24 @@ func mustEnvURL(t testing.TB, url string, lim api.Limits, configure ...func(*pgx
 	return &env{h: api.NewHandler(slog.New(slog.DiscardHandler), st, lim), pool: pool, st: st}
 }
 
-// mustPool returns a pool for url whose connections are set up as
-// cmd/server sets them up, after the configure functions.
-func mustPool(t testing.TB, url string, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
+// mustPool opens a pool on url with the connections cmd/server opens
+// (store.NewPool), configure (when not nil) applied to pgx's settings
+// first; it is closed in t.Cleanup.
+func mustPool(t testing.TB, url string, configure func(*pgxpool.Config), opts ...store.PoolOption) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}
-	for _, c := range configure {
-		c(cfg)
+	if configure != nil {
+		configure(cfg)
 	}
-	store.ConfigurePool(cfg)
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	pool, err := store.NewPool(context.Background(), cfg, opts...)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	return pool
+	return pool.Pool
 }
 
 // response is what a request got, body read.

@@ -11,9 +11,10 @@ import (
 	"github.com/ybrest/testsapi/internal/store"
 )
 
-// readyTimeout bounds the database ping of GET /readyz: an orchestrator
-// probing readiness wants a quick no, not a hung probe.
-const readyTimeout = 2 * time.Second
+// defaultReadyTimeout bounds the database ping of GET /readyz when
+// Limits.ReadyTimeout is zero: an orchestrator probing readiness wants a
+// quick no, not a hung probe.
+const defaultReadyTimeout = 2 * time.Second
 
 type status struct {
 	Status string `json:"status"`
@@ -27,11 +28,17 @@ func handleHealthz() http.Handler {
 	})
 }
 
-// handleReadyz handles GET /readyz: 200 when a short database ping
-// succeeds, else 503 with Retry-After.
-func handleReadyz(log *slog.Logger, st testStore) http.Handler {
+// handleReadyz handles GET /readyz: 200 when a database ping succeeds
+// within d, else 503 with Retry-After. d bounds the whole ping, the wait
+// for a connection and the round trip on it: a connection that is taken
+// while the database has gone silent would otherwise hold the probe until
+// its round trip gave up.
+func handleReadyz(log *slog.Logger, st testStore, d time.Duration) http.Handler {
+	if d <= 0 {
+		d = defaultReadyTimeout
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		ctx, cancel := context.WithTimeout(r.Context(), d)
 		defer cancel()
 		if err := st.Ping(ctx); err != nil {
 			// Whatever the cause, the answer to "ready?" is no.

@@ -95,7 +95,7 @@ func TestSQLAlchemyAfterService(t *testing.T) {
 func TestServiceAfterSQLAlchemy(t *testing.T) {
 	t.Parallel()
 	url := dbtest.NewSchema(t)
-	pool := mustPool(t, url)
+	pool := mustPool(t, url, nil)
 	sqlalchemyMain(t, pool)
 
 	e := mustEnvURL(t, url, testLimits) // the service's start-up, Migrate included

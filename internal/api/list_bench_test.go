@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/api"
 	"github.com/ybrest/testsapi/internal/dbtest"
 	"github.com/ybrest/testsapi/internal/store"
@@ -29,16 +28,7 @@ import (
 // database's limit.
 func BenchmarkListPage(b *testing.B) {
 	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(dbtest.NewSchema(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	store.ConfigurePool(cfg)
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Close)
+	pool := mustPool(b, dbtest.NewSchema(b), nil)
 	st := store.New(pool)
 	if _, _, err := st.Migrate(ctx); err != nil {
 		b.Fatal(err)
@@ -83,4 +73,60 @@ func processCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// rowsStore streams n generated rows as fast as fn takes them, so that an
+// export's time is the handler's own.
+type rowsStore struct {
+	failingStore
+	n int
+}
+
+func (s rowsStore) Stream(_ context.Context, _ int64, _ int, fn func(store.Test) error) error {
+	for i := range s.n {
+		if err := fn(store.Test{ID: int32(i + 1), Name: "a name of some thirty characters"}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BenchmarkExportRows is an NDJSON export of 100,000 rows through the
+// whole handler with the database left out, for the handler's per-row
+// cost (encoding, buffering, the stall watch):
+//
+//	go test -run '^$' -bench ExportRows -benchmem -count 10 ./internal/api
+func BenchmarkExportRows(b *testing.B) {
+	const n = 100_000
+	h := api.NewHandler(slog.New(slog.NewJSONHandler(io.Discard, nil)), rowsStore{n: n}, testLimits)
+	for b.Loop() {
+		w := &discardResponse{header: http.Header{}}
+		req := httptest.NewRequest(http.MethodGet, "/tests", nil)
+		req.Header.Set("Accept", "application/x-ndjson")
+		h.ServeHTTP(w, req)
+		if w.status != http.StatusOK || w.bytes < n*40 {
+			b.Fatalf("export: %d, %d bytes", w.status, w.bytes)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/row")
+}
+
+// discardResponse is a ResponseWriter that keeps only the status and the
+// byte count, so that a benchmark does not measure a growing buffer.
+type discardResponse struct {
+	header http.Header
+	status int
+	bytes  int
+}
+
+func (d *discardResponse) Header() http.Header { return d.header }
+
+func (d *discardResponse) WriteHeader(status int) { d.status = status }
+
+func (d *discardResponse) Write(b []byte) (int, error) {
+	if d.status == 0 {
+		d.status = http.StatusOK
+	}
+	d.bytes += len(b)
+	return len(b), nil
 }

@@ -22,11 +22,10 @@ import (
 // It does not migrate, so that a test can stop the database first.
 func mustMetricsEnv(t *testing.T, url string) *env {
 	t.Helper()
-	pool := mustPool(t, url)
-	st := store.New(pool)
+	pool := mustPool(t, url, nil)
 	m := metrics.New()
+	st := store.New(pool, store.ObserveErrors(m.DBError))
 	m.CollectPool(pool.Stat)
-	st.ObserveErrors(m.DBError)
 	h := api.NewHandler(slog.New(slog.DiscardHandler), st, testLimits, api.WithMetrics(m, true))
 	return &env{h: h, pool: pool, st: st}
 }
@@ -193,7 +192,7 @@ func TestMetricsDatabaseErrors(t *testing.T) {
 // requests are still counted but /metrics is not on the API's handler.
 func TestMetricsElsewhere(t *testing.T) {
 	t.Parallel()
-	pool := mustPool(t, dbtest.NewSchema(t))
+	pool := mustPool(t, dbtest.NewSchema(t), nil)
 	m := metrics.New()
 	h := api.NewHandler(slog.New(slog.DiscardHandler), store.New(pool), testLimits, api.WithMetrics(m, false))
 	problemOf(t, do(t, h, "GET", "/metrics", ""), http.StatusNotFound)

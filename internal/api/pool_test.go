@@ -34,24 +34,14 @@ func TestPoolExhausted(t *testing.T) {
 	lim := testLimits
 	lim.RequestTimeout = 2 * time.Minute // the requests holding connections wait for the lock, not the clock
 	url := dbtest.NewSchema(t)
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = conns
-	store.LimitAcquire(cfg, acquireTimeout)
-	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := mustPool(t, url, func(cfg *pgxpool.Config) { cfg.MaxConns = conns }, store.AcquireTimeout(acquireTimeout))
 	st := store.New(pool)
 	if _, _, err := st.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	h := api.NewHandler(slog.New(slog.DiscardHandler), st, lim)
 
-	locker := mustPool(t, url)
+	locker := mustPool(t, url, nil)
 	tx := lockTable(t, locker)
 
 	baseline := runtime.NumGoroutine()

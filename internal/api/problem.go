@@ -73,7 +73,11 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 	case errors.Is(err, store.ErrPreconditionFailed):
 		writeProblem(w, http.StatusPreconditionFailed,
 			"The test has changed: its ETag is not one If-Match names. Read it again, then retry.", nil)
-	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, context.Canceled) && !clientGone(r):
+		// A cancel the client did not cause (a statement cut off by the
+		// service's own timer or by a shared query everyone else left) is
+		// the database being too slow, like a deadline.
 		// A warning, not an error: it is expected while the database is
 		// away, and readiness probes would otherwise flood the error log.
 		log.LogAttrs(r.Context(), slog.LevelWarn, "database unavailable",
@@ -82,12 +86,21 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 		writeProblem(w, http.StatusServiceUnavailable,
 			"The database is unavailable or too slow right now; retry shortly.", nil)
 	case errors.Is(err, context.Canceled):
-		// The client is gone; the status is for the access log only.
+		// The client is gone (clientGone); the status is for the access
+		// log only.
 		writeProblem(w, 499, "The request was cancelled.", nil)
 	default:
 		logError(log, r, http.StatusInternalServerError, err)
 		writeProblem(w, http.StatusInternalServerError, "An internal error occurred.", nil)
 	}
+}
+
+// clientGone reports whether r's client closed its connection: net/http
+// then cancels the request's context. Its deadline passing (the timeout
+// middleware) is DeadlineExceeded, not Canceled, and a client that is
+// still there never gets a 499.
+func clientGone(r *http.Request) bool {
+	return errors.Is(r.Context().Err(), context.Canceled)
 }
 
 func logError(log *slog.Logger, r *http.Request, status int, err error) {

@@ -40,6 +40,18 @@ type Limits struct {
 	RequestTimeout time.Duration // longest a non-streaming request may take; then 503
 	WriteTimeout   time.Duration // longest a streaming export may go without writing
 	MaxExports     int           // most NDJSON/CSV exports at once; more is 503
+	ReadyTimeout   time.Duration // longest GET /readyz waits for its database ping; 0 means 2 s
+	// ExportStallTimeout is the longest an export that has begun waits
+	// for its next row from the database; then it is cut. 0 means
+	// RequestTimeout.
+	ExportStallTimeout time.Duration
+}
+
+func (l Limits) exportStallTimeout() time.Duration {
+	if l.ExportStallTimeout > 0 {
+		return l.ExportStallTimeout
+	}
+	return l.RequestTimeout
 }
 
 // Option turns on or tunes an optional feature of the handler.
@@ -94,7 +106,7 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
 		Delete("/tests/{id}", handleTestsDelete(log, st).ServeHTTP)
 	r.Get("/healthz", handleHealthz().ServeHTTP)
-	r.Get("/readyz", handleReadyz(log, st).ServeHTTP)
+	r.Get("/readyz", handleReadyz(log, st, lim.ReadyTimeout).ServeHTTP)
 	r.Get("/openapi.yaml", handleOpenAPI(testsapi.OpenAPI).ServeHTTP)
 	r.Get("/", handleRoot().ServeHTTP)
 	r.Get("/docs", handleDocs().ServeHTTP)

@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -366,22 +368,27 @@ const streamFlushBytes = 32 << 10
 
 // stream writes rows as NDJSON or CSV while they are read, holding one row
 // and one buffer at a time. Until the first row arrives the export is
-// bounded by the request timeout, like any request; after that only a
-// stalled client (the write timeout) ends it. Once the status is sent an
-// error can no longer be reported as a problem: the connection is then
-// aborted, so the client sees a truncated response instead of a short one
-// that looks complete.
+// bounded by the request timeout, like any request; after that by
+// lim.ExportStallTimeout between rows from the database (a database that
+// went silent mid-export, see stallWatch) and by the write timeout for a
+// client that stops reading. Once the status is sent an error can no
+// longer be reported as a problem: the connection is then aborted, so the
+// client sees a truncated response instead of a short one that looks
+// complete.
 func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media string, rows func(context.Context, func(store.Test) error) error, lim Limits) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	firstRow := time.AfterFunc(lim.RequestTimeout, cancel)
 	defer firstRow.Stop()
+	var stall *stallWatch // started with the response
 
 	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, streamFlushBytes)
 	// Bytes reach the connection only here, so each write gets a fresh
 	// deadline: a long export is fine, a client that stops reading is not.
 	flush := func() error {
+		stall.writing(true)
+		defer stall.writing(false)
 		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 		return bw.Flush()
 	}
@@ -389,11 +396,13 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 	started := false // the status and headers are written
 	start := func() {
 		started = true
+		stall = watchStall(lim.exportStallTimeout(), cancel)
 		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
 		w.Header().Set("Content-Type", format.contentType)
 		_, _ = bw.WriteString(format.header)
 		w.WriteHeader(http.StatusOK)
 	}
+	defer func() { stall.stop() }()
 	err := rows(ctx, func(t store.Test) error {
 		if !started {
 			if !firstRow.Stop() {
@@ -403,6 +412,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 			}
 			start()
 		}
+		stall.row()
 		// Each line is appended straight into bw's free space, so it is
 		// neither allocated nor copied (unless it is longer than the space
 		// left, which append then allocates for).
@@ -431,6 +441,9 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 		err = flush()
 	}
 	if err != nil {
+		if stall.fired() {
+			err = fmt.Errorf("export stalled: no row from the database for %s (EXPORT_STALL_TIMEOUT): %w", lim.exportStallTimeout(), err)
+		}
 		if r.Context().Err() == nil {
 			logError(log, r, http.StatusOK, err)
 		}
@@ -457,6 +470,76 @@ var exportFormats = map[string]exportFormat{
 		header:      "id,name\r\n",
 		appendRow:   appendCSV,
 	},
+}
+
+// stallWatch cancels an export once no row has come from the database for
+// its timeout. Rows only bump a counter (an uncontended atomic add, where
+// resetting a timer per row would take the runtime's timer lock each
+// time); a timer looks at the counter every eighth of the timeout, so a
+// stall is noticed between the timeout and an eighth more
+// (BenchmarkExportRows showed no difference beyond the machine's noise). Time spent writing to the client
+// is not the database's: a slow reader is the write timeout's business.
+// A nil *stallWatch (the response has not started) does nothing.
+type stallWatch struct {
+	rows    atomic.Int64
+	busy    atomic.Bool // writing to the client
+	stalled atomic.Bool
+
+	mu       sync.Mutex // the timer's function and stop
+	timer    *time.Timer
+	stopped  bool
+	seen     int64
+	progress time.Time
+}
+
+func watchStall(d time.Duration, cancel context.CancelFunc) *stallWatch {
+	s := &stallWatch{seen: -1, progress: time.Now()}
+	every := max(d/8, time.Millisecond)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.timer = time.AfterFunc(every, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.stopped {
+			return
+		}
+		now := time.Now()
+		if n := s.rows.Load(); n != s.seen || s.busy.Load() {
+			s.seen, s.progress = n, now
+		} else if now.Sub(s.progress) >= d {
+			s.stalled.Store(true)
+			cancel()
+			return
+		}
+		s.timer.Reset(every)
+	})
+	return s
+}
+
+func (s *stallWatch) row() {
+	if s != nil {
+		s.rows.Add(1)
+	}
+}
+
+func (s *stallWatch) writing(busy bool) {
+	if s != nil {
+		s.busy.Store(busy)
+		s.rows.Add(1) // a write that ends is progress too
+	}
+}
+
+// fired reports whether the watch cancelled the export.
+func (s *stallWatch) fired() bool { return s != nil && s.stalled.Load() }
+
+func (s *stallWatch) stop() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = true
+	s.timer.Stop()
 }
 
 // appendCSV appends t as one RFC 4180 record. The name is quoted when it

@@ -583,9 +583,11 @@ type ClientInterface interface {
 
 	// Readyz Readiness check
 	//
-	// Readiness probe. Pings the database with a short timeout; answers
-	// `200` when the ping succeeds and `503` when it fails (or the schema
-	// is not in place yet, while the service waits for its database).
+	// Readiness probe. Pings the database, waiting at most
+	// `DB_ACQUIRE_TIMEOUT` for the connection and its answer together;
+	// answers `200` when the ping succeeds and `503` when it fails or takes
+	// longer (or the schema is not in place yet, while the service waits for
+	// its database).
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -612,6 +614,11 @@ type ClientInterface interface {
 	//
 	// JSON pages carry a strong `ETag` of their body; `If-None-Match` with
 	// it gives `304` without a body. Exports, which stream, carry none.
+	//
+	// A stream that fails once it has begun (the database fails, or sends
+	// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
+	// before the end of the chunked body, so a client never takes a partial
+	// export for a whole one.
 	//
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -914,9 +921,11 @@ func (c *Client) GetOpenAPI(ctx context.Context, reqEditors ...RequestEditorFn) 
 
 // Readyz Readiness check
 //
-// Readiness probe. Pings the database with a short timeout; answers
-// `200` when the ping succeeds and `503` when it fails (or the schema
-// is not in place yet, while the service waits for its database).
+// Readiness probe. Pings the database, waiting at most
+// `DB_ACQUIRE_TIMEOUT` for the connection and its answer together;
+// answers `200` when the ping succeeds and `503` when it fails or takes
+// longer (or the schema is not in place yet, while the service waits for
+// its database).
 //
 // Corresponds with GET /readyz (the `Readyz` operationId).
 func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -953,6 +962,11 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 //
 // JSON pages carry a strong `ETag` of their body; `If-None-Match` with
 // it gives `304` without a body. Exports, which stream, carry none.
+//
+// A stream that fails once it has begun (the database fails, or sends
+// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
+// before the end of the chunked body, so a client never takes a partial
+// export for a whole one.
 //
 // Corresponds with GET /tests (the `ListTests` operationId).
 func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1856,9 +1870,11 @@ type ClientWithResponsesInterface interface {
 
 	// ReadyzWithResponse Readiness check
 	//
-	// Readiness probe. Pings the database with a short timeout; answers
-	// `200` when the ping succeeds and `503` when it fails (or the schema
-	// is not in place yet, while the service waits for its database).
+	// Readiness probe. Pings the database, waiting at most
+	// `DB_ACQUIRE_TIMEOUT` for the connection and its answer together;
+	// answers `200` when the ping succeeds and `503` when it fails or takes
+	// longer (or the schema is not in place yet, while the service waits for
+	// its database).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -1887,6 +1903,11 @@ type ClientWithResponsesInterface interface {
 	//
 	// JSON pages carry a strong `ETag` of their body; `If-None-Match` with
 	// it gives `304` without a body. Exports, which stream, carry none.
+	//
+	// A stream that fails once it has begun (the database fails, or sends
+	// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
+	// before the end of the chunked body, so a client never takes a partial
+	// export for a whole one.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -3375,9 +3396,11 @@ func (c *ClientWithResponses) GetOpenAPIWithResponse(ctx context.Context, reqEdi
 
 // ReadyzWithResponse Readiness check
 //
-// Readiness probe. Pings the database with a short timeout; answers
-// `200` when the ping succeeds and `503` when it fails (or the schema
-// is not in place yet, while the service waits for its database).
+// Readiness probe. Pings the database, waiting at most
+// `DB_ACQUIRE_TIMEOUT` for the connection and its answer together;
+// answers `200` when the ping succeeds and `503` when it fails or takes
+// longer (or the schema is not in place yet, while the service waits for
+// its database).
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3412,6 +3435,11 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 //
 // JSON pages carry a strong `ETag` of their body; `If-None-Match` with
 // it gives `304` without a body. Exports, which stream, carry none.
+//
+// A stream that fails once it has begun (the database fails, or sends
+// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
+// before the end of the chunked body, so a client never takes a partial
+// export for a whole one.
 //
 // Returns a wrapper object for the known response body format(s).
 //

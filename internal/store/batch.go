@@ -216,6 +216,15 @@ func (b *batcher) send(batch []*createReq) {
 
 	created, err := b.insert(ctx, names)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Cancelled here, because every create of the batch had given
+			// up: each gets its own reason (a deadline is ErrUnavailable),
+			// never this cancel, which would read as a client that left.
+			for _, r := range batch {
+				r.done <- createResult{err: fmt.Errorf("create: %w", b.classify(r.ctx.Err()))}
+			}
+			return
+		}
 		err = fmt.Errorf("create: %w", b.classify(err))
 		for _, r := range batch {
 			r.done <- createResult{err: err}

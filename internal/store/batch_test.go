@@ -42,17 +42,8 @@ type batchEnv struct {
 
 func mustBatchEnv(t *testing.T, url string, opts ...store.Option) *batchEnv {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Room for the lock holders, the flights and the test's own queries.
-	cfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := mustPool(t, url, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 })
 	e := &batchEnv{pool: pool, url: url}
 	e.st = store.New(pool, append(opts, store.OnBatch(func(size int) {
 		e.mu.Lock()
@@ -167,6 +158,22 @@ func (e *batchEnv) behindLock(t *testing.T, names ...string) []result {
 		out[i] = recv(t, ch)
 	}
 	return out
+}
+
+// waitBatchAtServer waits until the queue is empty, the batch after the
+// blockers' has been sent, and a statement waits at the server for a row
+// lock of another transaction.
+func (e *batchEnv) waitBatchAtServer(t *testing.T, what string) {
+	t.Helper()
+	dbtest.WaitFor(t, what, within, func() bool {
+		var n int
+		err := e.pool.QueryRow(t.Context(), `
+SELECT count(*)
+FROM pg_locks
+WHERE locktype = 'transactionid' AND NOT granted
+  AND pid IN (SELECT pid FROM pg_locks WHERE relation = 'test'::regclass)`).Scan(&n)
+		return err == nil && n > 0 && e.st.Queued() == 0 && len(e.batches()) == store.MaxFlights+1
+	})
 }
 
 // stored returns the names in table test with their ids.
@@ -334,15 +341,7 @@ FROM generate_series(0, %d) AS i`, store.MaxFlights-1))
 	held := e.queue(t, t.Context(), "held")[0]
 	gone := e.queue(t, ctx, "gone")[0]
 	releaseBlock() // the blockers go through; the flight sends [held, gone]
-	dbtest.WaitFor(t, "the batch [held, gone] waiting at the server", within, func() bool {
-		var n int
-		err := e.pool.QueryRow(t.Context(), `
-SELECT count(*)
-FROM pg_locks
-WHERE locktype = 'transactionid' AND NOT granted
-  AND pid IN (SELECT pid FROM pg_locks WHERE relation = 'test'::regclass)`).Scan(&n)
-		return err == nil && n > 0 && e.st.Queued() == 0 && len(e.batches()) == store.MaxFlights+1
-	})
+	e.waitBatchAtServer(t, "the batch [held, gone] waiting at the server")
 	cancel()
 	if r := recv(t, gone); !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("create cancelled after send: %+v, %v; want context.Canceled", r.t, r.err)
@@ -387,6 +386,97 @@ WHERE c.relname = 'test' AND c.relnamespace = current_schema()::regnamespace AND
 	if rows := e.stored(t); len(rows) != 1 {
 		t.Errorf("table %v, want only after: the abandoned statements must not have run", rows)
 	}
+}
+
+// TestBatchTimedOutAfterSend: when every create of a sent batch has timed
+// out, the batch cancels its statement; each create then answers its own
+// deadline (ErrUnavailable, a 503), never the batch's cancel, which the
+// API would take for a client that left (499). The creates' context
+// (lateDone) makes the losing order certain: on a busy machine a create's
+// own wakeup at its deadline can come after its batch's answer.
+func TestBatchTimedOutAfterSend(t *testing.T) {
+	e := mustBatchEnv(t, dbtest.NewSchema(t))
+	const n = 32
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("timed-out-%d", i)
+	}
+	// Uncommitted rows of other transactions: inserts of the same names
+	// wait at the server until they end.
+	releaseBlock := e.begin(t, `INSERT INTO test (name) VALUES ('blocker-0')`)
+	e.begin(t, `INSERT INTO test (name) SELECT 'timed-out-' || i FROM generate_series(0, 31) AS i`)
+	blockers := e.occupyFlights(t, t.Context(), "blocker")
+	ctx := newLateDone()
+	chs := e.queue(t, ctx, names...)
+	releaseBlock() // the blocker goes through; the flight sends the n creates, which wait at the server
+	for _, ch := range blockers {
+		recv(t, ch)
+	}
+	e.waitBatchAtServer(t, "the batch waiting at the server")
+	ctx.expire(500 * time.Millisecond)
+	for i, ch := range chs {
+		r := recv(t, ch)
+		if errors.Is(r.err, context.Canceled) || !errors.Is(r.err, store.ErrUnavailable) || !errors.Is(r.err, context.DeadlineExceeded) {
+			t.Errorf("create %s whose batch timed out at the server: %+v, %v; want ErrUnavailable for its deadline", names[i], r.t, r.err)
+		}
+	}
+	e.wantBatches(t, n)
+}
+
+// lateDone is a context that expires in two steps: Err reports the
+// deadline and the AfterFunc callbacks run at once, but Done closes only a
+// while later.
+type lateDone struct {
+	context.Context // values only; never done by itself
+
+	mu   sync.Mutex
+	err  error
+	fns  map[*func()]struct{}
+	done chan struct{}
+}
+
+func newLateDone() *lateDone {
+	return &lateDone{Context: context.Background(), fns: map[*func()]struct{}{}, done: make(chan struct{})}
+}
+
+func (c *lateDone) Done() <-chan struct{} { return c.done }
+
+func (c *lateDone) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// AfterFunc is what context.AfterFunc calls for a context that has it.
+func (c *lateDone) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		go f()
+		return func() bool { return false }
+	}
+	c.fns[&f] = struct{}{}
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, waiting := c.fns[&f]
+		delete(c.fns, &f)
+		return waiting
+	}
+}
+
+// expire sets the deadline error, runs the callbacks, and closes Done after delay.
+func (c *lateDone) expire(delay time.Duration) {
+	c.mu.Lock()
+	c.err = context.DeadlineExceeded
+	fns := c.fns
+	c.fns = map[*func()]struct{}{}
+	c.mu.Unlock()
+	for f := range fns {
+		go (*f)()
+	}
+	time.Sleep(delay)
+	close(c.done)
 }
 
 // TestBatchDatabaseError: an error of the statement, or of its commit,

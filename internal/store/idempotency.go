@@ -124,21 +124,34 @@ func (s *Store) once(ctx context.Context, k keyed, run func(tx pgx.Tx) (Response
 	}
 	resp, err := s.runClaimed(ctx, k, claim, run)
 	if err != nil {
-		// If the transaction did commit after all (its COMMIT was sent
-		// when the connection broke), the row has its answer and the
-		// status condition makes this a no-op. If the delete cannot run,
-		// the key is taken over once it is stale.
-		const q = `
+		if ctx.Err() != nil {
+			// The request's time is up: answer now, and free the key
+			// just after, rather than keep the client past its deadline
+			// for a database that may not answer the delete either. A
+			// retry meanwhile finds the key in flight (409, Retry-After).
+			go s.releaseKey(ctx, k.key, claim)
+		} else {
+			s.releaseKey(ctx, k.key, claim)
+		}
+		return Response{}, err
+	}
+	return resp, nil
+}
+
+// releaseKey frees a key claimed by a request that failed, so that a retry
+// runs afresh. If the transaction did commit after all (its COMMIT was
+// sent when the connection broke), the row has its answer and the status
+// condition makes this a no-op. If the delete cannot run, the key is taken
+// over once it is stale.
+func (s *Store) releaseKey(ctx context.Context, key string, claim []byte) {
+	const q = `
 DELETE FROM idempotency_keys
 WHERE key = $1
   AND claim = $2
   AND status IS NULL`
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-		defer cancel()
-		_, _ = s.pool.Exec(rctx, q, k.key, claim)
-		return Response{}, err
-	}
-	return resp, nil
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	_, _ = s.pool.Exec(rctx, q, key, claim)
 }
 
 // claimKey claims k.Key and returns the claim, a fresh random value that

@@ -33,9 +33,8 @@ func (c *codes) list() []string {
 // and a client that went away are not reported at all.
 func TestObserveErrors(t *testing.T) {
 	t.Parallel()
-	st, pool := mustStore(t, dbtest.NewSchema(t))
 	var c codes
-	st.ObserveErrors(c.observe)
+	st, pool := mustStore(t, dbtest.NewSchema(t), store.ObserveErrors(c.observe))
 	if _, _, err := st.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -70,9 +69,8 @@ func TestObserveErrors(t *testing.T) {
 func TestObserveErrorsDatabaseDown(t *testing.T) {
 	t.Parallel()
 	srv := dbtest.NewServer(t)
-	st, _ := mustStore(t, srv.URL())
 	var c codes
-	st.ObserveErrors(c.observe)
+	st, _ := mustStore(t, srv.URL(), store.ObserveErrors(c.observe))
 	if _, _, err := st.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -29,11 +29,7 @@ type pageEnv struct {
 func mustPageEnv(t *testing.T) *pageEnv {
 	t.Helper()
 	url := dbtest.NewSchema(t)
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := mustPool(t, url, nil)
 	e := &pageEnv{pool: pool, ran: make(chan struct{}, 10), release: make(chan struct{}, 10)}
 	e.st = store.New(pool, store.OnPageRead(func(n int) {
 		e.mu.Lock()

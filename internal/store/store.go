@@ -58,14 +58,13 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 	return s
 }
 
-// ObserveErrors makes the store call fn with the SQLSTATE of every database
+// ObserveErrors has the store call fn with the SQLSTATE of every database
 // error it returns ("" for errors with none: the server was unreachable or
 // too slow), so that metrics can count them without the store knowing about
 // metrics. A client that went away is not a database error and is not
-// reported. Call it before the store is used; fn must be safe for
-// concurrent use.
-func (s *Store) ObserveErrors(fn func(sqlstate string)) {
-	s.onError = fn
+// reported. fn must be safe for concurrent use.
+func ObserveErrors(fn func(sqlstate string)) Option {
+	return func(s *Store) { s.onError = fn }
 }
 
 // errNotMigrated is returned before Migrate has succeeded.

@@ -13,14 +13,30 @@ import (
 
 func TestMain(m *testing.M) { dbtest.Main(m) }
 
-func mustStore(t *testing.T, url string) (*store.Store, *pgxpool.Pool) {
+func mustStore(t *testing.T, url string, opts ...store.Option) (*store.Store, *pgxpool.Pool) {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), url)
+	pool := mustPool(t, url, nil)
+	return store.New(pool, opts...), pool
+}
+
+// mustPool opens a pool on url the way the service does (store.NewPool),
+// with configure, when not nil, applied to pgx's settings first; it is
+// closed in t.Cleanup.
+func mustPool(t *testing.T, url string, configure func(*pgxpool.Config), opts ...store.PoolOption) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := store.NewPool(context.Background(), cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	return store.New(pool), pool
+	return pool.Pool
 }
 
 // mustCreate creates a row named name with st.Create and returns it.
