@@ -20,8 +20,12 @@ type bench struct {
 	opts  options
 	tools tools
 	db    *database
+	bin   string // the server's binary
 	srv   *server
 	dir   string
+	// What the server and the database's clients connect to: the database,
+	// or the proxy in front of it.
+	dbURL, dbPort string
 }
 
 // workload is one row of the table: what ours (A) and the
@@ -40,7 +44,7 @@ type workload struct {
 }
 
 // workloadKeys are the workloads in the order they run.
-var workloadKeys = []string{"page", "create", "import", "export-ndjson", "export-csv"}
+var workloadKeys = []string{"page", "pages", "create", "import", "export-ndjson", "export-csv"}
 
 func isWorkloadKey(k string) bool { return slices.Contains(workloadKeys, k) }
 
@@ -62,6 +66,21 @@ func (b *bench) workloads() []workload {
 		},
 		b: func(ctx context.Context, _ int) (sample, error) {
 			return b.runPgbench(ctx, "page", o.duration)
+		},
+	}, {
+		key:    "pages",
+		name:   "random pages",
+		ours:   wrkDesc + ": GET /tests?limit=100&after=random",
+		limit:  pgbDesc + ": SELECT id, name FROM test WHERE id > random ORDER BY id LIMIT 100",
+		unit:   "req/s",
+		target: 0.5,
+		rows:   o.rows,
+		warm:   true,
+		a: func(ctx context.Context, _ int) (sample, error) {
+			return b.runWrk(ctx, "pages", b.srv.base+"/tests", o.duration, strconv.Itoa(o.rows))
+		},
+		b: func(ctx context.Context, _ int) (sample, error) {
+			return b.runPgbench(ctx, "pages", o.duration, "rows="+strconv.Itoa(o.rows))
 		},
 	}, {
 		key:    "create",
