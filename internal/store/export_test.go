@@ -1,12 +1,28 @@
 package store
 
-import "context"
+import (
+	"context"
+	"math"
+)
 
 // Group-commit internals for the tests in package store_test.
 const (
 	MaxBatchSize = maxBatchSize
-	MaxFlights   = maxFlights
+	StartFlights = startFlights
 )
+
+// AllowFlights lets n flights run from now on and stops the flight control
+// from trying any other number, for tests of several flights at once.
+func (s *Store) AllowFlights(n int) {
+	s.creates.mu.Lock()
+	defer s.creates.mu.Unlock()
+	s.creates.ctl.allowed = n
+	s.creates.ctl.phase = holding
+	s.creates.ctl.held = math.MinInt / 2 // never reaches holdEpochs
+}
+
+// MaxCreateFlights is the most flights the store may run.
+func (s *Store) MaxCreateFlights() int { return s.creates.maxFlights }
 
 // Queued returns how many creates wait in the queue, not yet taken into a batch.
 func (s *Store) Queued() int {
