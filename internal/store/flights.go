@@ -36,7 +36,7 @@ const (
 	holdEpochs = 4
 	// More flights are kept if the trial's rate was more than gainUp
 	// times its neighbours'; fewer unless it was less than lossDown times.
-	gainUp   = 1.10
+	gainUp   = 1.05
 	lossDown = 0.97
 )
 
