@@ -216,6 +216,7 @@ func run(ctx context.Context, o options) error {
 			url, port = proxy.URL(db.url), strconv.Itoa(proxy.Port())
 		}
 		fmt.Printf("\n=== database: %s\n", lv)
+		b.latency = d
 		results, err := b.runLevel(ctx, url, port)
 		if err != nil {
 			return fmt.Errorf("%s: %w", lv, err)

@@ -160,7 +160,7 @@ func printLatencyTable(w io.Writer, levels []level) {
 	}
 	for _, k := range keys {
 		var name string
-		var target float64
+		var targets []string
 		line := ""
 		for _, lv := range levels {
 			r, ok := byKey[k][lv.latency]
@@ -168,10 +168,13 @@ func printLatencyTable(w io.Writer, levels []level) {
 				line += " - |"
 				continue
 			}
-			name, target = r.w.name, r.w.target
+			name = r.w.name
+			if t := fmt.Sprintf("%.2f", r.w.target); !slices.Contains(targets, t) {
+				targets = append(targets, t)
+			}
 			line += fmt.Sprintf(" %.3f (%s) |", r.medianRatio(), fmtRate(median(r.column(func(rd round) float64 { return rd.a.rate }))))
 		}
-		fmt.Fprintf(w, "| %s |%s >= %.2f |\n", name, line, target)
+		fmt.Fprintf(w, "| %s |%s >= %s |\n", name, line, strings.Join(targets, " / "))
 	}
 	fmt.Fprintln(w, "\n(median ratio ours/limit, and ours in its unit, per database latency each way)")
 }

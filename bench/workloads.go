@@ -24,8 +24,18 @@ type bench struct {
 	srv   *server
 	dir   string
 	// What the server and the database's clients connect to: the database,
-	// or the proxy in front of it.
+	// or the proxy in front of it, and the latency the proxy adds each way.
 	dbURL, dbPort string
+	latency       time.Duration
+}
+
+// atLatency is loopback's target, or the one for a database 2 ms or more
+// away each way (issue 10), if the workload has one.
+func (b *bench) atLatency(loopback, away float64) float64 {
+	if b.latency >= 2*time.Millisecond {
+		return away
+	}
+	return loopback
 }
 
 // workload is one row of the issue's table: what ours (A) and the
@@ -58,7 +68,7 @@ func (b *bench) workloads() []workload {
 		ours:   wrkDesc + ": GET /tests?limit=100",
 		limit:  pgbDesc + ": SELECT id, name FROM test ORDER BY id LIMIT 100",
 		unit:   "req/s",
-		target: 0.5,
+		target: b.atLatency(0.5, 0.8),
 		rows:   o.rows,
 		warm:   true,
 		a: func(ctx context.Context, _ int) (sample, error) {
@@ -88,7 +98,7 @@ func (b *bench) workloads() []workload {
 		ours:   wrkDesc + `: POST /tests {"name": unique}`,
 		limit:  pgbDesc + ": INSERT INTO test (name) VALUES (unique) RETURNING id, name",
 		unit:   "req/s",
-		target: 1.25,
+		target: b.atLatency(1.25, 1.5),
 		rows:   o.rows,
 		warm:   true,
 		a: func(ctx context.Context, round int) (sample, error) {
