@@ -158,9 +158,12 @@ func (b *batcher) startFlight() {
 func (b *batcher) fly() {
 	defer b.wg.Done()
 	for {
-		batch, epoch := b.next()
+		batch, epoch, flights := b.next()
 		if batch == nil {
 			return
+		}
+		if b.onBatch != nil {
+			b.onBatch(len(batch), flights)
 		}
 		b.send(batch, epoch)
 	}
@@ -169,15 +172,14 @@ func (b *batcher) fly() {
 // next takes the next batch off the queue, leaving out creates whose
 // context has ended, or ends the flight if none is left or if more flights
 // run than may (the others take the queue). It also returns the flight
-// control's epoch the batch is sent in.
-func (b *batcher) next() ([]*createReq, int) {
+// control's epoch the batch is sent in, and the flights running.
+func (b *batcher) next() (batch []*createReq, epoch, flights int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.flights > b.ctl.allowed {
 		b.flights--
-		return nil, 0
+		return nil, 0, 0
 	}
-	var batch []*createReq
 	taken := 0
 	for _, r := range b.queue {
 		if len(batch) == maxBatchSize {
@@ -193,19 +195,16 @@ func (b *batcher) next() ([]*createReq, int) {
 	b.queue = b.queue[taken:]
 	if len(batch) == 0 {
 		b.flights--
-		return nil, 0
+		return nil, 0, 0
 	}
 	if len(b.queue) > 0 && b.flights < b.ctl.allowed {
 		b.startFlight() // more queued than one batch holds
 	}
-	if b.onBatch != nil {
-		b.onBatch(len(batch), b.flights)
-	}
-	return batch, b.ctl.epoch
+	return batch, b.ctl.epoch, b.flights
 }
 
-// send inserts one batch, answers each of its creates, and tells the
-// flight control how long the batch took.
+// send inserts one batch, answers each of its creates, and counts it for
+// the flight control.
 func (b *batcher) send(batch []*createReq, epoch int) {
 	// The statement runs for the whole batch, so one create giving up
 	// must not cancel it for the others; once all of them have given up
