@@ -21,6 +21,17 @@ func (s *Store) AllowFlights(n int) {
 	s.creates.ctl.held = math.MinInt / 2 // never reaches holdEpochs
 }
 
+// KeptFlights is the number of flights the flight control has settled on:
+// during a trial, the number it will go back to.
+func (s *Store) KeptFlights() int {
+	s.creates.mu.Lock()
+	defer s.creates.mu.Unlock()
+	if s.creates.ctl.phase == trying {
+		return s.creates.ctl.from
+	}
+	return s.creates.ctl.allowed
+}
+
 // MaxCreateFlights is the most flights the store may run.
 func (s *Store) MaxCreateFlights() int { return s.creates.maxFlights }
 

@@ -22,11 +22,12 @@ import (
 // epoch, then goes back for one: the trial is compared with the mean of
 // the epochs on either side, so that a load that is rising or falling
 // anyway does not pass for the trial's effect. More flights are kept only
-// if they gained clearly; fewer, which cost less, unless they lost. After a
-// trial that was kept, the next one goes the same way at once. It starts
-// at one flight, and only epochs in which creates waited for a busy flight
-// count (with no load, or while load resumes, the number of flights is not
-// what anyone waits for); a lone create never waits for any of it.
+// if they gained clearly, twice in a row; fewer, which cost less, unless
+// they lost. After a trial that was kept, the next one goes the same way
+// at once. It starts at one flight, and only epochs in which creates
+// waited for a busy flight count (with no load, or while load resumes, the
+// number of flights is not what anyone waits for); a lone create never
+// waits for any of it.
 const (
 	// An epoch is at least this many batches and this long: enough for
 	// its rate to mean something, short enough to follow the load.
@@ -38,6 +39,10 @@ const (
 	// times its neighbours'; fewer unless it was less than lossDown times.
 	gainUp   = 1.05
 	lossDown = 0.97
+	// More flights are kept only after upWins trials in a row gained: on a
+	// busy machine one epoch's rate can be off by more than gainUp, and a
+	// wrong doubling costs CPU on every create until a trial undoes it.
+	upWins = 2
 )
 
 // startFlights is the number of flights a store starts with.
@@ -75,6 +80,7 @@ type flightControl struct {
 	before    float64 // rows per second in the epoch before the trial
 	trial     float64 // and in the trial's
 	down      bool    // the next trial halves rather than doubles
+	wins      int     // trials of more flights in a row that gained, not yet enough
 }
 
 func newFlightControl(now time.Time) flightControl {
@@ -135,11 +141,16 @@ func (c *flightControl) observe(epoch, rows int, now time.Time, maxFlights int) 
 			kept = c.trial >= base*lossDown
 		}
 		c.phase = holding
-		if kept {
+		switch {
+		case !kept:
+			c.held, c.down, c.wins = 0, !c.down, 0 // the other way next time
+		case c.candidate > c.from && c.wins+1 < upWins:
+			// Not yet: the same trial again after one epoch.
+			c.wins++
+			c.held = holdEpochs - 1
+		default:
 			// Go on the same way after one epoch here.
-			c.allowed, c.held = c.candidate, holdEpochs-1
-		} else {
-			c.held, c.down = 0, !c.down // the other way next time
+			c.allowed, c.held, c.wins = c.candidate, holdEpochs-1, 0
 		}
 	}
 	return c.allowed > before
