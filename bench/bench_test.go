@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,11 +81,25 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.rounds != 1 || o.duration != time.Second || !o.only["page"] || !o.only["export-csv"] || len(o.only) != 2 {
+	if o.rounds != 1 || o.duration != time.Second || !o.only["page"] || !o.only["export-csv"] || len(o.only) != 2 ||
+		!slices.Equal(o.latencies, []time.Duration{0, time.Millisecond}) {
 		t.Errorf("smoke options: %+v", o)
 	}
+	o, err = parseFlags([]string{"-db-latency", "0, 2ms,5ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.latencies, []time.Duration{0, 2 * time.Millisecond, 5 * time.Millisecond}) ||
+		o.jitterFor(2*time.Millisecond) != time.Millisecond || o.jitterFor(5*time.Millisecond) != 2*time.Millisecond {
+		t.Errorf("-db-latency 0,2ms,5ms: latencies %v, jitter at 2ms %v, at 5ms %v", o.latencies,
+			o.jitterFor(2*time.Millisecond), o.jitterFor(5*time.Millisecond))
+	}
 	for _, bad := range [][]string{
-		{"-only", "pages"},
+		{"-only", "paging"},
+		{"-db-latency", "1.5ms"},
+		{"-db-latency", "2ms,-1ms"},
+		{"-db-jitter", "500us"},
+		{"-compare", "A=1;A=2", "-only", "create", "-db-latency", "0,2ms"},
 		{"-duration", "1500ms"},
 		{"-rounds", "0"},
 		{"-clients", "1", "-threads", "2"},

@@ -15,7 +15,7 @@ func (b *bench) compare(ctx context.Context, w workload, variants []string) erro
 	servers := make([]*server, len(variants))
 	for i, v := range variants {
 		env := append(append([]string{}, b.opts.serverEnv...), strings.Fields(v)...)
-		srv, err := startServer(ctx, b.dir, b.db.url, false, env)
+		srv, err := startServer(ctx, b.bin, b.dir, b.dbURL, false, env)
 		if err != nil {
 			return fmt.Errorf("variant %q: %w", v, err)
 		}

@@ -74,9 +74,10 @@ func (d *database) close() {
 }
 
 // clientArgs are the connection arguments of pgbench and psql: TCP on
-// loopback as user postgres, like the server's pool.
-func (d *database) clientArgs() []string {
-	return []string{"-h", "127.0.0.1", "-p", d.port, "-U", "postgres"}
+// loopback as user postgres, like the server's pool, to port (the
+// database's own, or the proxy's in front of it).
+func clientArgs(port string) []string {
+	return []string{"-h", "127.0.0.1", "-p", port, "-U", "postgres"}
 }
 
 // reload empties test (ids start at 1 again) and fills it with n rows named

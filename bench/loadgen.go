@@ -111,7 +111,7 @@ func (b *bench) runPgbench(ctx context.Context, script string, d time.Duration, 
 	for _, v := range vars {
 		args = append(args, "-D", v)
 	}
-	args = append(append(args, b.db.clientArgs()...), "postgres")
+	args = append(append(args, clientArgs(b.dbPort)...), "postgres")
 	out, err := exec.CommandContext(ctx, b.tools.pgbench, args...).CombinedOutput()
 	if err != nil {
 		return sample{}, fmt.Errorf("pgbench: %w\n%s", err, out)
@@ -170,7 +170,7 @@ func (b *bench) script(names ...string) (string, error) {
 // runPsql runs one SQL command with psql, stdin and stdout as given, and
 // returns how long the whole process took: psql is what a person would run.
 func (b *bench) runPsql(ctx context.Context, sql string, stdin io.Reader, stdout io.Writer) (time.Duration, error) {
-	args := append(b.db.clientArgs(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", sql)
+	args := append(clientArgs(b.dbPort), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", sql)
 	cmd := exec.CommandContext(ctx, b.tools.psql, args...)
 	var stderr bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, &stderr

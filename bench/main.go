@@ -12,6 +12,13 @@
 //	go run ./bench            # the full run (make bench), a few minutes
 //	go run ./bench -smoke     # one tiny round of each, for CI; asserts no timing
 //	go run ./bench -only page -pprof /tmp/prof   # CPU profile of the server under the page load
+//	go run ./bench -db-latency 0,2ms -only create # on loopback, then with 2ms ±1ms each way
+//
+// With -db-latency, every workload runs again at each latency: for a
+// latency above 0 the database is behind a TCP proxy (toxiproxy, run in
+// this process) that delays the data each way, and both sides (the server,
+// and pgbench or psql) connect through it, so their ratio compares like
+// with like. At 0 both connect to the database directly.
 package main
 
 import (
@@ -22,9 +29,13 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ybrest/testsapi/internal/dbtest"
 )
 
 // options are the command's flags.
@@ -44,6 +55,8 @@ type options struct {
 	serverEnv    []string
 	compare      []string
 	smoke        bool
+	latencies    []time.Duration // added each way between the clients and the database; 0 is direct
+	jitter       time.Duration   // plus or minus, on every latency above 0; -1: half the latency
 }
 
 func main() {
@@ -76,6 +89,8 @@ func parseFlags(args []string) (options, error) {
 	only := fs.String("only", "", "comma-separated workloads to run ("+strings.Join(workloadKeys, ", ")+"); default all")
 	fs.StringVar(&o.pprofDir, "pprof", "", "build the server with -tags pprof and write CPU profiles of its first timed round of each workload here (those numbers are not for the table)")
 	compare := fs.String("compare", "", `instead of the table: ours of the one workload -only names against one server per variant, round-robin, e.g. "DB_MAX_CONNS=8;DB_MAX_CONNS=32 GOGC=200;" (variants split at ";", the empty one is the defaults)`)
+	latencies := fs.String("db-latency", "0", "comma-separated latencies added each way between the database and its clients (the server, pgbench, psql) by a proxy; every workload runs at each; 0 is direct, on loopback")
+	fs.DurationVar(&o.jitter, "db-jitter", -1, "plus or minus this on every -db-latency above 0 (whole milliseconds, toxiproxy's unit); default half the latency")
 	smoke := fs.Bool("smoke", false, "one tiny round of everything, to check that the harness works (CI); overrides the sizes")
 	fs.Func("server-env", "NAME=VALUE for the server's environment, e.g. DB_MAX_CONNS=8 (repeatable)", func(s string) error {
 		if !strings.Contains(s, "=") {
@@ -95,6 +110,16 @@ func parseFlags(args []string) (options, error) {
 		o.rounds, o.duration, o.warmup = 1, time.Second, 0
 		o.clients, o.rows, o.exportRows = 8, 1000, 5000
 		o.bulkRequests, o.bulkSize = 4, 100
+		if !flagSet(fs, "db-latency") {
+			*latencies = "0,1ms" // the proxy's path too, once
+		}
+	}
+	for _, l := range strings.Split(*latencies, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(l))
+		if err != nil || d < 0 || d%time.Millisecond != 0 {
+			return o, fmt.Errorf("-db-latency: %q is not a whole number of milliseconds, 0 or more", l)
+		}
+		o.latencies = append(o.latencies, d)
 	}
 	if *compare != "" {
 		o.compare = strings.Split(*compare, ";")
@@ -120,10 +145,28 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-clients and -threads must be at least 1, and clients at least threads")
 	case len(o.compare) > 0 && len(o.only) != 1:
 		return o, errors.New("-compare needs -only with one workload")
+	case o.jitter != -1 && (o.jitter < 0 || o.jitter%time.Millisecond != 0):
+		return o, errors.New("-db-jitter must be whole milliseconds")
+	case len(o.compare) > 0 && len(o.latencies) != 1:
+		return o, errors.New("-compare takes one -db-latency")
 	case o.rows < 1 || o.exportRows < 1 || o.bulkRequests < 1 || o.bulkSize < 1 || o.bulkParallel < 1:
 		return o, errors.New("sizes must be at least 1")
 	}
 	return o, nil
+}
+
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// jitterFor is the jitter at latency d.
+func (o options) jitterFor(d time.Duration) time.Duration {
+	if o.jitter >= 0 {
+		return o.jitter
+	}
+	return (d / 2).Truncate(time.Millisecond)
 }
 
 // run sets everything up, runs the selected workloads and prints the table.
@@ -149,24 +192,96 @@ func run(ctx context.Context, o options) error {
 	defer db.close()
 
 	fmt.Printf("server: go build %s ./cmd/server (CGO_ENABLED=0)\n", strings.Join(buildFlags(o.pprofDir != ""), " "))
-	srv, err := startServer(ctx, dir, db.url, o.pprofDir != "", o.serverEnv)
+	bin, err := buildServer(ctx, dir, o.pprofDir != "")
 	if err != nil {
 		return err
 	}
-	defer srv.stop()
-	fmt.Printf("server: pid %d on %s, environment %q\n", srv.pid(), srv.base, o.serverEnv)
+	b := &bench{opts: o, tools: tools, db: db, bin: bin, dir: dir}
+	var proxy *dbtest.Proxy
+	if slices.ContainsFunc(o.latencies, func(d time.Duration) bool { return d > 0 }) {
+		if proxy, err = dbtest.StartProxy("127.0.0.1:" + db.port); err != nil {
+			return err
+		}
+		defer proxy.Close()
+		fmt.Printf("proxy: toxiproxy in this process on %s, in front of the database\n", proxy.Addr())
+	}
+	var levels []level
+	for _, d := range o.latencies {
+		lv := level{latency: d, jitter: o.jitterFor(d)}
+		url, port := db.url, db.port
+		if d > 0 {
+			if err := proxy.Latency(lv.latency, lv.jitter); err != nil {
+				return err
+			}
+			url, port = proxy.URL(db.url), strconv.Itoa(proxy.Port())
+		}
+		fmt.Printf("\n=== database: %s\n", lv)
+		b.latency = d
+		results, err := b.runLevel(ctx, url, port)
+		if err != nil {
+			return fmt.Errorf("%s: %w", lv, err)
+		}
+		lv.results = results
+		levels = append(levels, lv)
+		if proxy != nil {
+			proxy.Clear()
+		}
+	}
+	if len(o.compare) > 0 {
+		return nil
+	}
+	fmt.Printf("\nResults (%s; %d round(s); %d clients, %d threads; Go %s):\n", m, o.rounds, o.clients, o.threads, runtime.Version())
+	for _, lv := range levels {
+		fmt.Printf("\nDatabase %s:\n\n", lv)
+		printTable(os.Stdout, lv.results)
+	}
+	if len(levels) > 1 {
+		fmt.Println("\nMedian ratios by database latency:")
+		fmt.Println()
+		printLatencyTable(os.Stdout, levels)
+	}
+	if o.smoke {
+		fmt.Println("\n(-smoke: tiny sizes and one short round, to check that everything runs; the numbers mean nothing.)")
+	}
+	return nil
+}
 
-	b := &bench{opts: o, tools: tools, db: db, srv: srv, dir: dir}
+// level is one -db-latency and what its workloads measured.
+type level struct {
+	latency, jitter time.Duration
+	results         []result
+}
+
+func (lv level) String() string {
+	if lv.latency == 0 {
+		return "on loopback, direct"
+	}
+	return fmt.Sprintf("through the proxy, %s ±%s each way", lv.latency, lv.jitter)
+}
+
+// runLevel starts a server against url (the database, or the proxy in
+// front of it), points pgbench and psql at port, and runs the selected
+// workloads, or the comparison.
+func (b *bench) runLevel(ctx context.Context, url, port string) ([]result, error) {
+	o := b.opts
+	b.dbURL, b.dbPort = url, port
 	if len(o.compare) > 0 {
 		for _, w := range b.workloads() {
 			if o.only[w.key] {
 				if err := b.compare(ctx, w, o.compare); err != nil {
-					return err
+					return nil, err
 				}
 			}
 		}
-		return srv.stop()
+		return nil, nil
 	}
+	srv, err := startServer(ctx, b.bin, b.dir, url, o.pprofDir != "", o.serverEnv)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.stop()
+	b.srv = srv
+	fmt.Printf("server: pid %d on %s, environment %q\n", srv.pid(), srv.base, o.serverEnv)
 	var results []result
 	for _, w := range b.workloads() {
 		if len(o.only) > 0 && !o.only[w.key] {
@@ -174,17 +289,9 @@ func run(ctx context.Context, o options) error {
 		}
 		r, err := b.runWorkload(ctx, w)
 		if err != nil {
-			return fmt.Errorf("%s: %w", w.name, err)
+			return nil, fmt.Errorf("%s: %w", w.name, err)
 		}
 		results = append(results, r)
 	}
-	if err := srv.stop(); err != nil {
-		return err
-	}
-	fmt.Printf("\nResults (%s; %d round(s); %d clients, %d threads; Go %s):\n\n", m, o.rounds, o.clients, o.threads, runtime.Version())
-	printTable(os.Stdout, results)
-	if o.smoke {
-		fmt.Println("\n(-smoke: tiny sizes and one short round, to check that everything runs; the numbers mean nothing.)")
-	}
-	return nil
+	return results, srv.stop()
 }

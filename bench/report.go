@@ -132,3 +132,49 @@ func printTable(w io.Writer, results []result) {
 			mib(int64(peak)), growth(int64(maxGrowth)))
 	}
 }
+
+// printLatencyTable writes the median ratio of every workload at every
+// database latency, one column per latency, as a Markdown table.
+func printLatencyTable(w io.Writer, levels []level) {
+	head, rule := "| workload |", "|---|"
+	for _, lv := range levels {
+		if lv.latency == 0 {
+			head += " loopback |"
+		} else {
+			head += fmt.Sprintf(" %s ±%s |", lv.latency, lv.jitter)
+		}
+		rule += "---|"
+	}
+	fmt.Fprintln(w, head+" target |")
+	fmt.Fprintln(w, rule+"---|")
+	var keys []string
+	byKey := map[string]map[time.Duration]result{}
+	for _, lv := range levels {
+		for _, r := range lv.results {
+			if byKey[r.w.key] == nil {
+				byKey[r.w.key] = map[time.Duration]result{}
+				keys = append(keys, r.w.key)
+			}
+			byKey[r.w.key][lv.latency] = r
+		}
+	}
+	for _, k := range keys {
+		var name string
+		var targets []string
+		line := ""
+		for _, lv := range levels {
+			r, ok := byKey[k][lv.latency]
+			if !ok {
+				line += " - |"
+				continue
+			}
+			name = r.w.name
+			if t := fmt.Sprintf("%.2f", r.w.target); !slices.Contains(targets, t) {
+				targets = append(targets, t)
+			}
+			line += fmt.Sprintf(" %.3f (%s) |", r.medianRatio(), fmtRate(median(r.column(func(rd round) float64 { return rd.a.rate }))))
+		}
+		fmt.Fprintf(w, "| %s |%s >= %s |\n", name, line, strings.Join(targets, " / "))
+	}
+	fmt.Fprintln(w, "\n(median ratio ours/limit, and ours in its unit, per database latency each way)")
+}

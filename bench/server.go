@@ -36,14 +36,12 @@ type server struct {
 	err   error // Wait's result, once done is closed
 }
 
-// startServer builds the server as the Dockerfile does and starts it on a
-// free loopback port against databaseURL, with the defaults of its
-// configuration but for env. It returns once /readyz answers 200, that is
-// once the server has created its table.
-func startServer(ctx context.Context, dir, databaseURL string, pprof bool, env []string) (*server, error) {
+// buildServer builds the server as the Dockerfile does, into dir, and
+// returns the binary's path.
+func buildServer(ctx context.Context, dir string, pprof bool) (string, error) {
 	root, err := moduleRoot(ctx)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	bin := filepath.Join(dir, "server")
 	args := append([]string{"build"}, buildFlags(pprof)...)
@@ -51,16 +49,27 @@ func startServer(ctx context.Context, dir, databaseURL string, pprof bool, env [
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %w\n%s", err, out)
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
 	}
+	return bin, nil
+}
 
+// serverSeq numbers the servers of one run, so that each has a log of its own.
+var serverSeq int
+
+// startServer starts bin (from buildServer) on a free loopback port against
+// databaseURL, with the defaults of its configuration but for env, and its
+// log in dir. It returns once /readyz answers 200, that is once the server
+// has created its table.
+func startServer(ctx context.Context, bin, dir, databaseURL string, pprof bool, env []string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
+	serverSeq++
 	s := &server{
 		base: "http://127.0.0.1:" + port,
-		log:  filepath.Join(dir, "server.log"),
+		log:  filepath.Join(dir, fmt.Sprintf("server-%d.log", serverSeq)),
 		done: make(chan struct{}),
 	}
 	logFile, err := os.Create(s.log)

@@ -81,7 +81,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	m.CollectPool(pool.Stat)
 	// A create waiting for its group-commit batch is bounded like a
 	// request waiting for a connection.
-	st := store.New(pool.Pool, store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.BatchSize),
+	st := store.New(pool.Pool, store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.Batch),
 		store.OnPageRead(m.PageReaders), store.ObserveErrors(m.DBError))
 	// Deferred after pool.Close, so it runs first: creates still queued
 	// or in flight get their answer before the pool goes.

@@ -564,7 +564,8 @@ type ClientInterface interface {
 	// `testsapi_http_request_duration_seconds`), requests in flight, the
 	// database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
-	// (`testsapi_create_batch_size`), the pages one page query answered
+	// (`testsapi_create_batch_size`) and how many were in flight at once
+	// (`testsapi_create_batch_flights`), the pages one page query answered
 	// (`testsapi_page_read_shared`), and the Go runtime and process
 	// metrics.
 	//
@@ -882,7 +883,8 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // `testsapi_http_request_duration_seconds`), requests in flight, the
 // database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 // class (`testsapi_db_errors_total`), the sizes of group-commit batches
-// (`testsapi_create_batch_size`), the pages one page query answered
+// (`testsapi_create_batch_size`) and how many were in flight at once
+// (`testsapi_create_batch_flights`), the pages one page query answered
 // (`testsapi_page_read_shared`), and the Go runtime and process
 // metrics.
 //
@@ -1847,7 +1849,8 @@ type ClientWithResponsesInterface interface {
 	// `testsapi_http_request_duration_seconds`), requests in flight, the
 	// database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
-	// (`testsapi_create_batch_size`), the pages one page query answered
+	// (`testsapi_create_batch_size`) and how many were in flight at once
+	// (`testsapi_create_batch_flights`), the pages one page query answered
 	// (`testsapi_page_read_shared`), and the Go runtime and process
 	// metrics.
 	//
@@ -3361,7 +3364,8 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 // `testsapi_http_request_duration_seconds`), requests in flight, the
 // database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 // class (`testsapi_db_errors_total`), the sizes of group-commit batches
-// (`testsapi_create_batch_size`), the pages one page query answered
+// (`testsapi_create_batch_size`) and how many were in flight at once
+// (`testsapi_create_batch_flights`), the pages one page query answered
 // (`testsapi_page_read_shared`), and the Go runtime and process
 // metrics.
 //

@@ -31,6 +31,7 @@ type Metrics struct {
 	inFlight prometheus.Gauge
 	dbErrors *prometheus.CounterVec
 	batches  prometheus.Histogram
+	flights  prometheus.Histogram
 	pages    prometheus.Histogram
 
 	// series caches each label set's counter and histogram: one map
@@ -86,6 +87,13 @@ func New() *Metrics {
 			// 1 to 256 (the store's largest batch), doubling.
 			Buckets: prometheus.ExponentialBuckets(1, 2, 9),
 		}),
+		flights: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "create_batch_flights",
+			Help:      "Group-commit batches in flight at once (the one being sent included), counted as each is sent.",
+			// 1 to 32 (half of a 64-connection pool), doubling.
+			Buckets: prometheus.ExponentialBuckets(1, 2, 6),
+		}),
 		pages: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace,
 			Name:      "page_read_shared",
@@ -97,7 +105,7 @@ func New() *Metrics {
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests, m.duration, m.inFlight, m.dbErrors, m.batches, m.pages,
+		m.requests, m.duration, m.inFlight, m.dbErrors, m.batches, m.flights, m.pages,
 	)
 	return m
 }
@@ -125,10 +133,11 @@ func (m *Metrics) DBError(sqlstate string) {
 	m.dbErrors.WithLabelValues(class).Inc()
 }
 
-// BatchSize records the size of one group-commit batch. Pass it to
-// store.OnBatch.
-func (m *Metrics) BatchSize(size int) {
+// Batch records the size of one group-commit batch and the batches in
+// flight with it. Pass it to store.OnBatch.
+func (m *Metrics) Batch(size, flights int) {
 	m.batches.Observe(float64(size))
+	m.flights.Observe(float64(flights))
 }
 
 // PageReaders records how many page requests one page query answered.

@@ -82,10 +82,10 @@ testsapi_db_errors_total{class="none"} 3
 	}
 }
 
-func TestBatchSize(t *testing.T) {
+func TestBatch(t *testing.T) {
 	m := metrics.New()
-	for _, size := range []int{1, 3, 256} {
-		m.BatchSize(size)
+	for _, b := range []struct{ size, flights int }{{1, 1}, {3, 2}, {256, 3}} {
+		m.Batch(b.size, b.flights)
 	}
 	for _, want := range []string{
 		`testsapi_create_batch_size_bucket{le="1"} 1`,
@@ -93,6 +93,10 @@ func TestBatchSize(t *testing.T) {
 		`testsapi_create_batch_size_bucket{le="128"} 2`,
 		`testsapi_create_batch_size_bucket{le="256"} 3`,
 		`testsapi_create_batch_size_sum 260`,
+		`testsapi_create_batch_flights_bucket{le="1"} 1`,
+		`testsapi_create_batch_flights_bucket{le="2"} 2`,
+		`testsapi_create_batch_flights_bucket{le="4"} 3`,
+		`testsapi_create_batch_flights_sum 6`,
 	} {
 		if !gathered(t, m, want) {
 			t.Errorf("no %s", want)

@@ -18,17 +18,16 @@ import (
 // and under load each statement carries the creates that queued while the
 // previous one ran, so the database does one statement and one commit for
 // many rows. Each flight runs on one pool connection.
+//
+// How many flights may run at once adapts to the database (flights.go):
+// one when the database's work is what takes the time (more flights would
+// only make smaller batches, each with its own statement and commit), more
+// when its answers are slow to come back (a network or consensus round
+// trip), so that creates do not wait a whole round trip for a flight.
 const (
 	// maxBatchSize bounds one statement, so that one batch cannot hold a
 	// connection (and its creates' answers) for long.
 	maxBatchSize = 256
-	// maxFlights is how many batches may run at once. One beat two and
-	// four with 64 concurrent clients on two cores, in requests per second
-	// and in CPU per request (PostgreSQL's share grew with every flight
-	// added: more flights make smaller batches, each with its own
-	// statement and commit). It also leaves the other connections free
-	// for reads.
-	maxFlights = 1
 )
 
 // errClosed is what Create answers once Close has begun.
@@ -38,10 +37,10 @@ var errClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
 type Option func(*Store)
 
 // OnBatch has fn called with the number of creates in each group-commit
-// batch, just before the batch is sent, for example to export a batch-size
-// histogram. fn runs on the batch's goroutine: it must be quick, and safe
-// for concurrent use.
-func OnBatch(fn func(size int)) Option {
+// batch, and the number of batches in flight with it (itself included),
+// just before the batch is sent, for example to export histograms. fn runs
+// on the batch's goroutine: it must be quick, and safe for concurrent use.
+func OnBatch(fn func(size, flights int)) Option {
 	return func(s *Store) { s.creates.onBatch = fn }
 }
 
@@ -83,13 +82,15 @@ type createResult struct {
 type batcher struct {
 	insert       func(ctx context.Context, names []string) ([]Test, error)
 	classify     func(error) error // the Store's, which reports errors to ObserveErrors
-	onBatch      func(size int)
+	onBatch      func(size, flights int)
 	queueTimeout time.Duration
+	maxFlights   int // at most this many flights: half the pool, leaving the rest for reads
 
 	mu      sync.Mutex
 	queue   []*createReq
-	flights int  // batches running, at most maxFlights
-	closed  bool // set by close; nothing is queued after it
+	flights int           // batches running, at most ctl.allowed (but for a moment after it shrinks)
+	ctl     flightControl // how many flights may run
+	closed  bool          // set by close; nothing is queued after it
 	wg      sync.WaitGroup
 }
 
@@ -139,32 +140,46 @@ func (b *batcher) enqueue(r *createReq) error {
 		return errClosed
 	}
 	b.queue = append(b.queue, r)
-	if b.flights < maxFlights {
-		b.flights++
-		b.wg.Add(1)
-		go b.fly()
+	b.ctl.queued(b.flights)
+	if b.flights < b.ctl.allowed {
+		b.startFlight()
 	}
 	return nil
+}
+
+// startFlight starts a flight; b.mu is held.
+func (b *batcher) startFlight() {
+	b.flights++
+	b.wg.Add(1)
+	go b.fly()
 }
 
 // fly runs batches until the queue is empty.
 func (b *batcher) fly() {
 	defer b.wg.Done()
 	for {
-		batch := b.next()
+		batch, epoch, flights := b.next()
 		if batch == nil {
 			return
 		}
-		b.send(batch)
+		if b.onBatch != nil {
+			b.onBatch(len(batch), flights)
+		}
+		b.send(batch, epoch)
 	}
 }
 
 // next takes the next batch off the queue, leaving out creates whose
-// context has ended, or ends the flight if none is left.
-func (b *batcher) next() []*createReq {
+// context has ended, or ends the flight if none is left or if more flights
+// run than may (the others take the queue). It also returns the flight
+// control's epoch the batch is sent in, and the flights running.
+func (b *batcher) next() (batch []*createReq, epoch, flights int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var batch []*createReq
+	if b.flights > b.ctl.allowed {
+		b.flights--
+		return nil, 0, 0
+	}
 	taken := 0
 	for _, r := range b.queue {
 		if len(batch) == maxBatchSize {
@@ -180,16 +195,17 @@ func (b *batcher) next() []*createReq {
 	b.queue = b.queue[taken:]
 	if len(batch) == 0 {
 		b.flights--
-		return nil
+		return nil, 0, 0
 	}
-	return batch
+	if len(b.queue) > 0 && b.flights < b.ctl.allowed {
+		b.startFlight() // more queued than one batch holds
+	}
+	return batch, b.ctl.epoch, b.flights
 }
 
-// send inserts one batch and answers each of its creates.
-func (b *batcher) send(batch []*createReq) {
-	if b.onBatch != nil {
-		b.onBatch(len(batch))
-	}
+// send inserts one batch, answers each of its creates, and counts it for
+// the flight control.
+func (b *batcher) send(batch []*createReq, epoch int) {
 	// The statement runs for the whole batch, so one create giving up
 	// must not cancel it for the others; once all of them have given up
 	// nobody waits for the answer, and the statement is cancelled on the
@@ -216,21 +232,23 @@ func (b *batcher) send(batch []*createReq) {
 
 	created, err := b.insert(ctx, names)
 	if err != nil {
-		if ctx.Err() != nil {
-			// Cancelled here, because every create of the batch had given
-			// up: each gets its own reason (a deadline is ErrUnavailable),
-			// never this cancel, which would read as a client that left.
-			for _, r := range batch {
-				r.done <- createResult{err: fmt.Errorf("create: %w", b.classify(r.ctx.Err()))}
-			}
-			return
-		}
 		err = fmt.Errorf("create: %w", b.classify(err))
 		for _, r := range batch {
+			if rerr := r.ctx.Err(); rerr != nil {
+				// It gave up (and once all have, the statement was
+				// cancelled for that): its answer is why it gave up.
+				r.done <- createResult{err: fmt.Errorf("create: %w", b.classify(rerr))}
+				continue
+			}
 			r.done <- createResult{err: err}
 		}
 		return
 	}
+	b.mu.Lock()
+	if b.ctl.observe(epoch, len(batch), time.Now(), b.maxFlights) && len(b.queue) > 0 && b.flights < b.ctl.allowed {
+		b.startFlight()
+	}
+	b.mu.Unlock()
 	byName := make(map[string]Test, len(created))
 	for _, t := range created {
 		byName[t.Name] = t

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -35,9 +36,10 @@ type batchEnv struct {
 	pool *pgxpool.Pool
 	url  string
 
-	mu       sync.Mutex
-	sizes    []int
-	blockers int // blocker names used so far
+	mu         sync.Mutex
+	sizes      []int
+	maxFlights int // the most batches in flight at once so far
+	blockers   int // blocker names used so far
 }
 
 func mustBatchEnv(t *testing.T, url string, opts ...store.Option) *batchEnv {
@@ -45,10 +47,11 @@ func mustBatchEnv(t *testing.T, url string, opts ...store.Option) *batchEnv {
 	// Room for the lock holders, the flights and the test's own queries.
 	pool := mustPool(t, url, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 })
 	e := &batchEnv{pool: pool, url: url}
-	e.st = store.New(pool, append(opts, store.OnBatch(func(size int) {
+	e.st = store.New(pool, append(opts, store.OnBatch(func(size, flights int) {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		e.sizes = append(e.sizes, size)
+		e.maxFlights = max(e.maxFlights, flights)
 	}))...)
 	t.Cleanup(e.st.Close) // before pool.Close: cleanups run last-in first-out
 	if _, _, err := e.st.Migrate(t.Context()); err != nil {
@@ -108,14 +111,14 @@ func (e *batchEnv) begin(t *testing.T, sql string) func() {
 	return rollback
 }
 
-// occupyFlights sends store.MaxFlights creates named prefix-0, prefix-1,
+// occupyFlights sends store.StartFlights creates named prefix-0, prefix-1,
 // ... one at a time, so that each is a batch of its own and runs on a
 // flight of its own; the caller has made sure they wait at the server.
 // Creates started afterwards queue until a flight is free again.
 func (e *batchEnv) occupyFlights(t *testing.T, ctx context.Context, prefix string) []<-chan result {
 	t.Helper()
 	var chs []<-chan result
-	for i := range store.MaxFlights {
+	for i := range store.StartFlights {
 		sent := len(e.batches())
 		chs = append(chs, e.create(ctx, fmt.Sprintf("%s-%d", prefix, i)))
 		dbtest.WaitFor(t, "batch sent", within, func() bool { return len(e.batches()) == sent+1 })
@@ -172,8 +175,23 @@ SELECT count(*)
 FROM pg_locks
 WHERE locktype = 'transactionid' AND NOT granted
   AND pid IN (SELECT pid FROM pg_locks WHERE relation = 'test'::regclass)`).Scan(&n)
-		return err == nil && n > 0 && e.st.Queued() == 0 && len(e.batches()) == store.MaxFlights+1
+		return err == nil && n > 0 && e.st.Queued() == 0 && len(e.batches()) == store.StartFlights+1
 	})
+}
+
+// waitingForTable returns how many statements wait for a lock on this
+// schema's table test, -1 if it cannot tell.
+func (e *batchEnv) waitingForTable(t *testing.T) int {
+	var n int
+	err := e.pool.QueryRow(t.Context(), `
+SELECT count(*)
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation
+WHERE c.relname = 'test' AND c.relnamespace = current_schema()::regnamespace AND NOT l.granted`).Scan(&n)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // stored returns the names in table test with their ids.
@@ -186,8 +204,8 @@ func (e *batchEnv) stored(t *testing.T) map[string]int32 {
 func (e *batchEnv) wantBatches(t *testing.T, want ...int) {
 	t.Helper()
 	got := e.batches()
-	if len(got) < store.MaxFlights || !slices.Equal(got[store.MaxFlights:], want) {
-		t.Errorf("batch sizes %v, want %d blockers of 1 then %v", got, store.MaxFlights, want)
+	if len(got) < store.StartFlights || !slices.Equal(got[store.StartFlights:], want) {
+		t.Errorf("batch sizes %v, want %d blockers of 1 then %v", got, store.StartFlights, want)
 	}
 }
 
@@ -269,7 +287,7 @@ func TestBatchNameTaken(t *testing.T) {
 			t.Errorf("batch-mate of a taken name: %+v, %v", r.t, r.err)
 		}
 	}
-	if rows["taken"] != taken.ID || len(rows) != 3+store.MaxFlights {
+	if rows["taken"] != taken.ID || len(rows) != 3+store.StartFlights {
 		t.Errorf("table %v", rows)
 	}
 }
@@ -295,7 +313,7 @@ func TestBatchCancelledWhileQueued(t *testing.T) {
 		}
 	}
 	e.wantBatches(t, 2)
-	if rows := e.stored(t); len(rows) != 2+store.MaxFlights {
+	if rows := e.stored(t); len(rows) != 2+store.StartFlights {
 		t.Errorf("table %v, want the blockers, a and b (the cancelled create was never sent)", rows)
 	}
 }
@@ -318,7 +336,7 @@ func TestBatchQueueTimeout(t *testing.T) {
 			t.Errorf("create sent before the queue timeout: %v", r.err)
 		}
 	}
-	if rows := e.stored(t); len(rows) != store.MaxFlights {
+	if rows := e.stored(t); len(rows) != store.StartFlights {
 		t.Errorf("table %v, want only the blockers (the timed-out create was never sent)", rows)
 	}
 	e.wantBatches(t) // the blockers' only
@@ -334,7 +352,7 @@ func TestBatchCancelledAfterSend(t *testing.T) {
 	releaseBlock := e.begin(t, fmt.Sprintf(`
 INSERT INTO test (name)
 SELECT 'blocker-' || i
-FROM generate_series(0, %d) AS i`, store.MaxFlights-1))
+FROM generate_series(0, %d) AS i`, store.StartFlights-1))
 	releaseHeld := e.begin(t, `INSERT INTO test (name) VALUES ('held')`)
 	blockers := e.occupyFlights(t, t.Context(), "blocker")
 	ctx, cancel := context.WithCancel(t.Context())
@@ -366,6 +384,13 @@ func TestBatchAbandoned(t *testing.T) {
 	release := e.begin(t, `LOCK TABLE test IN ACCESS EXCLUSIVE MODE`)
 	ctx, cancel := context.WithCancel(t.Context())
 	blockers := e.occupyFlights(t, ctx, "abandoned")
+	// Cancel only once each statement waits at the server: a cancel
+	// request that reaches PostgreSQL before it has read the statement is
+	// ignored, and the statement would then wait for the lock after all
+	// (a flake on a busy machine, not the behaviour under test).
+	dbtest.WaitFor(t, "the blockers waiting for the lock", within, func() bool {
+		return e.waitingForTable(t) == len(blockers)
+	})
 	cancel()
 	for _, ch := range blockers {
 		if r := recv(t, ch); !errors.Is(r.err, context.Canceled) {
@@ -373,13 +398,7 @@ func TestBatchAbandoned(t *testing.T) {
 		}
 	}
 	dbtest.WaitFor(t, "no statement waiting for the lock", within, func() bool {
-		var n int
-		err := e.pool.QueryRow(t.Context(), `
-SELECT count(*)
-FROM pg_locks l
-JOIN pg_class c ON c.oid = l.relation
-WHERE c.relname = 'test' AND c.relnamespace = current_schema()::regnamespace AND NOT l.granted`).Scan(&n)
-		return err == nil && n == 0
+		return e.waitingForTable(t) == 0
 	})
 	release()
 	mustCreate(t, e.st, "after")
@@ -511,11 +530,11 @@ CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON test
 		}
 	}
 	want := []int{3}
-	for range store.MaxFlights {
+	for range store.StartFlights {
 		want = append(want, 1) // the second round's blockers
 	}
 	e.wantBatches(t, append(want, 3)...)
-	if rows := e.stored(t); len(rows) != 2*store.MaxFlights {
+	if rows := e.stored(t); len(rows) != 2*store.StartFlights {
 		t.Errorf("table %v, want only the blockers", rows)
 	}
 }
@@ -639,7 +658,171 @@ func TestCloseDrains(t *testing.T) {
 			t.Errorf("create queued before Close: %v", r.err)
 		}
 	}
-	if rows := e.stored(t); len(rows) != 2+store.MaxFlights {
+	if rows := e.stored(t); len(rows) != 2+store.StartFlights {
 		t.Errorf("table %v", rows)
 	}
+}
+
+// flightsSeen returns the most batches that were in flight at once.
+func (e *batchEnv) flightsSeen() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.maxFlights
+}
+
+// TestBatchFlightsDuplicateName: two batches in flight at once with the
+// same name give it to exactly one create, whichever way the transaction
+// that held it back ends.
+func TestBatchFlightsDuplicateName(t *testing.T) {
+	e := mustBatchEnv(t, dbtest.NewSchema(t))
+	e.st.AllowFlights(2)
+	for _, end := range []string{"ROLLBACK", "COMMIT"} {
+		t.Run(end, func(t *testing.T) {
+			name := "dup-" + strings.ToLower(end)
+			// An uncommitted row of the name: both batches wait on it.
+			tx, err := e.pool.Begin(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(context.Background())
+			var held int32
+			if err := tx.QueryRow(t.Context(), `INSERT INTO test (name) VALUES ($1) RETURNING id`, name).Scan(&held); err != nil {
+				t.Fatal(err)
+			}
+			sent := len(e.batches())
+			var chs []<-chan result
+			for range 2 {
+				chs = append(chs, e.create(t.Context(), name))
+				n := len(chs)
+				dbtest.WaitFor(t, "batch sent", within, func() bool { return len(e.batches()) == sent+n })
+			}
+			if got := e.flightsSeen(); got != 2 {
+				t.Fatalf("batches in flight at once: %d, want 2", got)
+			}
+			if _, err := tx.Exec(t.Context(), end); err != nil {
+				t.Fatal(err)
+			}
+			var won []store.Test
+			for _, ch := range chs {
+				switch r := recv(t, ch); {
+				case r.err == nil:
+					won = append(won, r.t)
+				case !errors.Is(r.err, store.ErrConflict):
+					t.Errorf("Create(%s): %v, want success or ErrConflict", name, r.err)
+				}
+			}
+			id := e.stored(t)[name]
+			switch {
+			case end == "COMMIT" && (len(won) != 0 || id != held):
+				t.Errorf("name taken by a committed transaction: winners %+v, table id %d (the transaction's %d); want none", won, id, held)
+			case end == "ROLLBACK" && (len(won) != 1 || won[0].ID != id):
+				t.Errorf("name freed by a rollback: winners %+v, table id %d; want exactly one, with the stored id", won, id)
+			}
+		})
+	}
+}
+
+// TestBatchFlightsNoDeadlock: many creates of the same few names, from many
+// goroutines, on four flights at once: each name goes to exactly one
+// create, every other is ErrConflict, and no statement deadlocked (each
+// batch takes its names' locks in one order).
+func TestBatchFlightsNoDeadlock(t *testing.T) {
+	var c codes
+	e := mustBatchEnv(t, dbtest.NewSchema(t), store.ObserveErrors(c.observe))
+	e.st.AllowFlights(4)
+	const rounds, names, writers = 20, 8, 16
+	for round := range rounds {
+		var (
+			mu  sync.Mutex
+			won = map[string][]int32{}
+			wg  sync.WaitGroup
+		)
+		for w := range writers {
+			wg.Go(func() {
+				// Every writer creates every name of the round, each in
+				// its own order.
+				for _, k := range rand.Perm(names) {
+					name := fmt.Sprintf("r%d-%d", round, k)
+					got, err := e.st.Create(t.Context(), name)
+					switch {
+					case err == nil:
+						mu.Lock()
+						won[name] = append(won[name], got.ID)
+						mu.Unlock()
+					case !errors.Is(err, store.ErrConflict):
+						t.Errorf("writer %d: Create(%s): %v, want success or ErrConflict", w, name, err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		rows := e.stored(t)
+		for k := range names {
+			name := fmt.Sprintf("r%d-%d", round, k)
+			if ids := won[name]; len(ids) != 1 || ids[0] != rows[name] {
+				t.Errorf("%s: created as %v, table id %d; want exactly one create, with the stored id", name, ids, rows[name])
+			}
+		}
+	}
+	if got := c.list(); len(got) > 0 {
+		t.Errorf("database errors %v, want none (a deadlock is 40P01)", got)
+	}
+	if got := e.flightsSeen(); got < 2 {
+		t.Errorf("batches in flight at once: at most %d; the test did not run flights side by side", got)
+	}
+}
+
+// TestBatchFlightsAdaptToLatency: with the database 10 ms away each way and
+// creates that wait for each other's round trips, the store settles on more
+// than one batch at a time (not only for a trial), never more than its
+// limit, and every create still gets its own stored row. The round trip is
+// long enough that the CPU of a busy machine (or the race detector) is not
+// what limits the rate: there, more flights would not help, and the store
+// rightly keeps one.
+func TestBatchFlightsAdaptToLatency(t *testing.T) {
+	url := dbtest.NewSchema(t)
+	p := dbtest.NewProxy(t, url)
+	e := mustBatchEnv(t, p.URL(url))
+	if err := p.Latency(10*time.Millisecond, 0); err != nil { // after the migration, which takes many round trips
+		t.Fatal(err)
+	}
+	const writers = 16
+	// Two trials must gain before more flights are kept, and a trial's
+	// first epoch also pays for connecting the new flight's connection
+	// (several round trips), so that one may fail.
+	deadline := time.Now().Add(3 * within)
+	var (
+		mu      sync.Mutex
+		created = map[string]int32{}
+		wg      sync.WaitGroup
+	)
+	for w := range writers {
+		wg.Go(func() {
+			for i := 0; e.st.KeptFlights() < 2 && time.Now().Before(deadline); i++ {
+				name := fmt.Sprintf("w%d-%d", w, i)
+				got, err := e.st.Create(t.Context(), name)
+				if err != nil || got.Name != name {
+					t.Errorf("Create(%s) = %+v, %v", name, got, err)
+					return
+				}
+				mu.Lock()
+				created[name] = got.ID
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if kept := e.st.KeptFlights(); kept < 2 {
+		t.Errorf("flights kept: %d after %d creates; want 2 or more", kept, len(created))
+	}
+	if seen := e.flightsSeen(); seen > e.st.MaxCreateFlights() {
+		t.Errorf("batches in flight at once: %d, more than the store's limit %d", seen, e.st.MaxCreateFlights())
+	}
+	rows := e.stored(t)
+	for name, id := range created {
+		if rows[name] != id {
+			t.Errorf("Create(%s) answered id %d, the table has %d", name, id, rows[name])
+		}
+	}
+	t.Logf("%d creates in %d batches before the store kept a second flight", len(created), len(e.batches()))
 }

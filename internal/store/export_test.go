@@ -3,13 +3,38 @@ package store
 import (
 	"context"
 	"errors"
+	"math"
 )
 
 // Group-commit internals for the tests in package store_test.
 const (
 	MaxBatchSize = maxBatchSize
-	MaxFlights   = maxFlights
+	StartFlights = startFlights
 )
+
+// AllowFlights lets n flights run from now on and stops the flight control
+// from trying any other number, for tests of several flights at once.
+func (s *Store) AllowFlights(n int) {
+	s.creates.mu.Lock()
+	defer s.creates.mu.Unlock()
+	s.creates.ctl.allowed = n
+	s.creates.ctl.phase = holding
+	s.creates.ctl.held = math.MinInt / 2 // never reaches holdEpochs
+}
+
+// KeptFlights is the number of flights the flight control has settled on:
+// during a trial, the number it will go back to.
+func (s *Store) KeptFlights() int {
+	s.creates.mu.Lock()
+	defer s.creates.mu.Unlock()
+	if s.creates.ctl.phase == trying {
+		return s.creates.ctl.from
+	}
+	return s.creates.ctl.allowed
+}
+
+// MaxCreateFlights is the most flights the store may run.
+func (s *Store) MaxCreateFlights() int { return s.creates.maxFlights }
 
 // Queued returns how many creates wait in the queue, not yet taken into a batch.
 func (s *Store) Queued() int {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -50,6 +51,8 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 	s := &Store{pool: pool}
 	s.creates.insert = s.insertBatch
 	s.creates.classify = s.classify
+	s.creates.maxFlights = maxCreateFlights(pool)
+	s.creates.ctl = newFlightControl(time.Now())
 	s.pages.read = s.list
 	s.pages.classify = s.classify
 	for _, o := range opts {
