@@ -32,6 +32,7 @@ type config struct {
 	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"20s"`
 	MaxBodyBytes      int64         `envconfig:"MAX_BODY_BYTES" default:"4194304"`
 	MaxBatch          int           `envconfig:"MAX_BATCH" default:"10000"`
+	ImportMaxBytes    int64         `envconfig:"IMPORT_MAX_BYTES" default:"1073741824"`
 	MaxExports        int           `envconfig:"MAX_EXPORTS" default:"4"`
 	LogLevel          slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
 	IdempotencyTTL    time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
@@ -65,6 +66,7 @@ func loadConfig() (config, error) {
 		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout > 0},
 		{"MAX_BODY_BYTES", c.MaxBodyBytes >= 1},
 		{"MAX_BATCH", c.MaxBatch >= 1},
+		{"IMPORT_MAX_BYTES", c.ImportMaxBytes >= 1},
 		{"MAX_EXPORTS", c.MaxExports >= 1 && c.MaxExports < int(c.DBMaxConns)},
 		{"IDEMPOTENCY_TTL", c.IdempotencyTTL >= c.RequestTimeout},
 	}

@@ -96,6 +96,8 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			RequestTimeout: cfg.RequestTimeout,
 			WriteTimeout:   cfg.WriteTimeout,
 			MaxExports:     cfg.MaxExports,
+			ImportMaxBytes: cfg.ImportMaxBytes,
+			ReadTimeout:    cfg.ReadTimeout,
 		}, append(handlerOptions(cfg), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,

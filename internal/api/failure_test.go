@@ -366,3 +366,6 @@ func TestLongExport(t *testing.T) {
 		t.Fatalf("export cut after %d rows: %v", strings.Count(string(body), "\n"), err)
 	}
 }
+func (f failingStore) Import(context.Context, store.ImportSource, func(store.Test) error) (int64, error) {
+	return 0, f.fail()
+}

@@ -133,18 +133,18 @@ func (t newTest) problems(pointer string) []fieldError {
 	at := pointer + "/name"
 	switch {
 	case !t.present:
-		return []fieldError{{at, "name is required."}}
+		return []fieldError{{Pointer: at, Detail: "name is required."}}
 	case t.badUTF8:
-		return []fieldError{{at, "name is not valid UTF-8."}}
+		return []fieldError{{Pointer: at, Detail: "name is not valid UTF-8."}}
 	case t.Name == "":
-		return []fieldError{{at, "name must not be empty."}}
+		return []fieldError{{Pointer: at, Detail: "name must not be empty."}}
 	}
 	var errs []fieldError
 	if n := utf8.RuneCountInString(t.Name); n > maxNameLength {
-		errs = append(errs, fieldError{at, "name has " + strconv.Itoa(n) + " characters; the most is 255."})
+		errs = append(errs, fieldError{Pointer: at, Detail: "name has " + strconv.Itoa(n) + " characters; the most is 255."})
 	}
 	if strings.IndexByte(t.Name, 0) >= 0 {
-		errs = append(errs, fieldError{at, "name must not contain NUL characters."})
+		errs = append(errs, fieldError{Pointer: at, Detail: "name must not contain NUL characters."})
 	}
 	return errs
 }
@@ -185,9 +185,9 @@ func parseCreateFull(body []byte, maxItems int) (names []string, single bool, er
 	var errs []fieldError
 	switch {
 	case len(items) == 0:
-		errs = append(errs, fieldError{"#", "The array must not be empty."})
+		errs = append(errs, fieldError{Pointer: "#", Detail: "The array must not be empty."})
 	case len(items) > maxItems:
-		errs = append(errs, fieldError{"#", "The array has " + strconv.Itoa(len(items)) +
+		errs = append(errs, fieldError{Pointer: "#", Detail: "The array has " + strconv.Itoa(len(items)) +
 			" items; the most is " + strconv.Itoa(maxItems) + "."})
 	}
 	names = make([]string, len(items))

@@ -28,6 +28,7 @@ type testStore interface {
 	List(ctx context.Context, after int64, limit int) ([]store.Test, error)
 	Stream(ctx context.Context, after int64, limit int, fn func(store.Test) error) error
 	FindByName(ctx context.Context, name string, after int64) ([]store.Test, error)
+	Import(ctx context.Context, src store.ImportSource, created func(store.Test) error) (int64, error)
 	Ping(ctx context.Context) error
 }
 
@@ -40,6 +41,8 @@ type Limits struct {
 	RequestTimeout time.Duration // longest a non-streaming request may take; then 503
 	WriteTimeout   time.Duration // longest a streaming export may go without writing
 	MaxExports     int           // most NDJSON/CSV exports at once; more is 503
+	ImportMaxBytes int64         // largest NDJSON/CSV import body; larger is 413
+	ReadTimeout    time.Duration // longest an import may go without a byte of its body
 }
 
 // Option turns on or tunes an optional feature of the handler.
@@ -83,8 +86,12 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	// access log to reuse its response writer wrapper.
 	r.Use(requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
 
-	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
-		Post("/tests", handleTestsCreate(log, st, lim, o.idempotencyTTL).ServeHTTP)
+	// An import (NDJSON or CSV body) is not bounded by the request
+	// timeout, which would bound the size of a file; see handleTestsImport.
+	r.With(requireToken(log, o.token)).Post("/tests", byContentType(
+		handleTestsImport(log, st, lim),
+		timeout(lim.RequestTimeout)(handleTestsCreate(log, st, lim, o.idempotencyTTL)),
+	).ServeHTTP)
 	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
 	r.With(timeout(lim.RequestTimeout)).Get("/tests/{id}", handleTestsGet(log, st).ServeHTTP)
 	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
@@ -109,6 +116,18 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 		writeProblem(w, http.StatusMethodNotAllowed, "This path does not support "+req.Method+".", nil)
 	})
 	return r
+}
+
+// byContentType sends a POST /tests of an import media type to imports,
+// anything else to create.
+func byContentType(imports, create http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isImport(r.Header.Get("Content-Type")) {
+			imports.ServeHTTP(w, r)
+			return
+		}
+		create.ServeHTTP(w, r)
+	})
 }
 
 // allowed lists the methods routes has for path, for the Allow header of a

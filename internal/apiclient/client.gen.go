@@ -56,8 +56,8 @@ func (e GetDocsAssetParamsAsset) Valid() bool {
 }
 
 // CreatedTests The `201` body of `POST /tests`: the created test for a single
-// object, or the created tests (ids ascending in input order) for an
-// array.
+// object, the created tests (ids ascending in input order) for an
+// array, or an import's summary.
 type CreatedTests struct {
 	union json.RawMessage
 }
@@ -70,6 +70,14 @@ type FieldError struct {
 	//
 	// Example: name must not be empty
 	Detail string `json:"detail"`
+
+	// Line Only for an import: the 1-based line of the body where the item
+	// starts (a CSV header is line 1); `pointer` then points into
+	// that item.
+	//
+	//
+	// Example: 12
+	Line *int64 `json:"line,omitempty"`
 
 	// Pointer JSON Pointer, in URI fragment form, into the request body: `#/name`,
 	// `#/0/name`, or `#` for the whole body.
@@ -88,6 +96,14 @@ type Health struct {
 
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
+
+// ImportSummary The `201` body of an import (NDJSON or CSV) answered as JSON.
+//
+// Example: {"created":2}
+type ImportSummary struct {
+	// Created How many tests the import created (every line's).
+	Created int64 `json:"created"`
+}
 
 // NewTest A test to create.
 //
@@ -375,6 +391,32 @@ func (t *CreatedTests) MergeTestList(v TestList) error {
 	return err
 }
 
+// AsImportSummary returns the union data inside the CreatedTests as a ImportSummary
+func (t CreatedTests) AsImportSummary() (ImportSummary, error) {
+	var body ImportSummary
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromImportSummary overwrites any union data inside the CreatedTests as the provided ImportSummary
+func (t *CreatedTests) FromImportSummary(v ImportSummary) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeImportSummary performs a merge with any union data inside the CreatedTests, using the provided ImportSummary
+func (t *CreatedTests) MergeImportSummary(v ImportSummary) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
 func (t CreatedTests) MarshalJSON() ([]byte, error) {
 	b, err := t.union.MarshalJSON()
 	return b, err
@@ -630,7 +672,30 @@ type ClientInterface interface {
 	//   (defaults: 10,000 items and 4 MiB).
 	//
 	// The request `Content-Type` must be `application/json` (a `charset`
-	// parameter is accepted).
+	// parameter is accepted), or one of an import's.
+	//
+	// **Import.** A body of `Content-Type: application/x-ndjson` (one
+	// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+	// naming the one column `name`, then one name a record, quoted when it
+	// holds a comma, a quote or a line break; CRLF or LF line ends; what
+	// `GET /tests` exports as CSV, less its `id` column, imports back byte
+	// for byte) creates every row in one transaction, all or nothing. It
+	// is read as a stream, so its size is bounded only by
+	// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+	// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+	// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+	// lines are skipped. Each item is judged by the rules of a POST item;
+	// errors name the line (`line`: the 1-based line of the body where the
+	// item starts; a CSV header is line 1): a malformed line is a `400`
+	// at the first one; invalid names a `422` listing up to 100 problems
+	// (the detail counts them all); the first line whose name is taken,
+	// or repeats an earlier line's, a `409`. Nothing is stored on any
+	// error. The answer is `201` with `{"created": n}`, or, with
+	// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+	// order of the file (ids ascending), sent once they are committed: if
+	// that stream is cut, the rows are stored all the same. An import
+	// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+	// look up one of its names before sending it again.
 	//
 	// **Idempotency-Key.** With this header the create runs at most once
 	// per key. The first request with a key stores the key, a fingerprint
@@ -671,7 +736,30 @@ type ClientInterface interface {
 	//   (defaults: 10,000 items and 4 MiB).
 	//
 	// The request `Content-Type` must be `application/json` (a `charset`
-	// parameter is accepted).
+	// parameter is accepted), or one of an import's.
+	//
+	// **Import.** A body of `Content-Type: application/x-ndjson` (one
+	// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+	// naming the one column `name`, then one name a record, quoted when it
+	// holds a comma, a quote or a line break; CRLF or LF line ends; what
+	// `GET /tests` exports as CSV, less its `id` column, imports back byte
+	// for byte) creates every row in one transaction, all or nothing. It
+	// is read as a stream, so its size is bounded only by
+	// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+	// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+	// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+	// lines are skipped. Each item is judged by the rules of a POST item;
+	// errors name the line (`line`: the 1-based line of the body where the
+	// item starts; a CSV header is line 1): a malformed line is a `400`
+	// at the first one; invalid names a `422` listing up to 100 problems
+	// (the detail counts them all); the first line whose name is taken,
+	// or repeats an earlier line's, a `409`. Nothing is stored on any
+	// error. The answer is `201` with `{"created": n}`, or, with
+	// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+	// order of the file (ids ascending), sent once they are committed: if
+	// that stream is cut, the rows are stored all the same. An import
+	// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+	// look up one of its names before sending it again.
 	//
 	// **Idempotency-Key.** With this header the create runs at most once
 	// per key. The first request with a key stores the key, a fingerprint
@@ -981,7 +1069,30 @@ func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEdit
 //     (defaults: 10,000 items and 4 MiB).
 //
 // The request `Content-Type` must be `application/json` (a `charset`
-// parameter is accepted).
+// parameter is accepted), or one of an import's.
+//
+// **Import.** A body of `Content-Type: application/x-ndjson` (one
+// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+// naming the one column `name`, then one name a record, quoted when it
+// holds a comma, a quote or a line break; CRLF or LF line ends; what
+// `GET /tests` exports as CSV, less its `id` column, imports back byte
+// for byte) creates every row in one transaction, all or nothing. It
+// is read as a stream, so its size is bounded only by
+// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+// lines are skipped. Each item is judged by the rules of a POST item;
+// errors name the line (`line`: the 1-based line of the body where the
+// item starts; a CSV header is line 1): a malformed line is a `400`
+// at the first one; invalid names a `422` listing up to 100 problems
+// (the detail counts them all); the first line whose name is taken,
+// or repeats an earlier line's, a `409`. Nothing is stored on any
+// error. The answer is `201` with `{"created": n}`, or, with
+// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+// order of the file (ids ascending), sent once they are committed: if
+// that stream is cut, the rows are stored all the same. An import
+// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+// look up one of its names before sending it again.
 //
 // **Idempotency-Key.** With this header the create runs at most once
 // per key. The first request with a key stores the key, a fingerprint
@@ -1032,7 +1143,30 @@ func (c *Client) CreateTestsWithBody(ctx context.Context, params *CreateTestsPar
 //     (defaults: 10,000 items and 4 MiB).
 //
 // The request `Content-Type` must be `application/json` (a `charset`
-// parameter is accepted).
+// parameter is accepted), or one of an import's.
+//
+// **Import.** A body of `Content-Type: application/x-ndjson` (one
+// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+// naming the one column `name`, then one name a record, quoted when it
+// holds a comma, a quote or a line break; CRLF or LF line ends; what
+// `GET /tests` exports as CSV, less its `id` column, imports back byte
+// for byte) creates every row in one transaction, all or nothing. It
+// is read as a stream, so its size is bounded only by
+// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+// lines are skipped. Each item is judged by the rules of a POST item;
+// errors name the line (`line`: the 1-based line of the body where the
+// item starts; a CSV header is line 1): a malformed line is a `400`
+// at the first one; invalid names a `422` listing up to 100 problems
+// (the detail counts them all); the first line whose name is taken,
+// or repeats an earlier line's, a `409`. Nothing is stored on any
+// error. The answer is `201` with `{"created": n}`, or, with
+// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+// order of the file (ids ascending), sent once they are committed: if
+// that stream is cut, the rows are stored all the same. An import
+// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+// look up one of its names before sending it again.
 //
 // **Idempotency-Key.** With this header the create runs at most once
 // per key. The first request with a key stores the key, a fingerprint
@@ -1907,7 +2041,30 @@ type ClientWithResponsesInterface interface {
 	//   (defaults: 10,000 items and 4 MiB).
 	//
 	// The request `Content-Type` must be `application/json` (a `charset`
-	// parameter is accepted).
+	// parameter is accepted), or one of an import's.
+	//
+	// **Import.** A body of `Content-Type: application/x-ndjson` (one
+	// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+	// naming the one column `name`, then one name a record, quoted when it
+	// holds a comma, a quote or a line break; CRLF or LF line ends; what
+	// `GET /tests` exports as CSV, less its `id` column, imports back byte
+	// for byte) creates every row in one transaction, all or nothing. It
+	// is read as a stream, so its size is bounded only by
+	// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+	// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+	// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+	// lines are skipped. Each item is judged by the rules of a POST item;
+	// errors name the line (`line`: the 1-based line of the body where the
+	// item starts; a CSV header is line 1): a malformed line is a `400`
+	// at the first one; invalid names a `422` listing up to 100 problems
+	// (the detail counts them all); the first line whose name is taken,
+	// or repeats an earlier line's, a `409`. Nothing is stored on any
+	// error. The answer is `201` with `{"created": n}`, or, with
+	// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+	// order of the file (ids ascending), sent once they are committed: if
+	// that stream is cut, the rows are stored all the same. An import
+	// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+	// look up one of its names before sending it again.
 	//
 	// **Idempotency-Key.** With this header the create runs at most once
 	// per key. The first request with a key stores the key, a fingerprint
@@ -1948,7 +2105,30 @@ type ClientWithResponsesInterface interface {
 	//   (defaults: 10,000 items and 4 MiB).
 	//
 	// The request `Content-Type` must be `application/json` (a `charset`
-	// parameter is accepted).
+	// parameter is accepted), or one of an import's.
+	//
+	// **Import.** A body of `Content-Type: application/x-ndjson` (one
+	// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+	// naming the one column `name`, then one name a record, quoted when it
+	// holds a comma, a quote or a line break; CRLF or LF line ends; what
+	// `GET /tests` exports as CSV, less its `id` column, imports back byte
+	// for byte) creates every row in one transaction, all or nothing. It
+	// is read as a stream, so its size is bounded only by
+	// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+	// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+	// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+	// lines are skipped. Each item is judged by the rules of a POST item;
+	// errors name the line (`line`: the 1-based line of the body where the
+	// item starts; a CSV header is line 1): a malformed line is a `400`
+	// at the first one; invalid names a `422` listing up to 100 problems
+	// (the detail counts them all); the first line whose name is taken,
+	// or repeats an earlier line's, a `409`. Nothing is stored on any
+	// error. The answer is `201` with `{"created": n}`, or, with
+	// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+	// order of the file (ids ascending), sent once they are committed: if
+	// that stream is cut, the rows are stored all the same. An import
+	// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+	// look up one of its names before sending it again.
 	//
 	// **Idempotency-Key.** With this header the create runs at most once
 	// per key. The first request with a key stores the key, a fingerprint
@@ -2685,6 +2865,11 @@ type CreateTestsResponse401Headers struct {
 	XRequestId      string
 }
 
+// CreateTestsResponse406Headers the declared response headers of an HTTP 406 response for CreateTests
+type CreateTestsResponse406Headers struct {
+	XRequestId string
+}
+
 // CreateTestsResponse409Headers the declared response headers of an HTTP 409 response for CreateTests
 type CreateTestsResponse409Headers struct {
 	RetryAfter *int
@@ -2726,6 +2911,8 @@ type CreateTestsResponse struct {
 	ApplicationproblemJSON400 *BadRequest
 	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
 	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON406 the response for an HTTP 406 `application/problem+json` response
+	ApplicationproblemJSON406 *NotAcceptable
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
 	ApplicationproblemJSON409 *Conflict
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
@@ -2744,6 +2931,8 @@ type CreateTestsResponse struct {
 	Headers400 *CreateTestsResponse400Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *CreateTestsResponse401Headers
+	// Headers406 the parsed response headers for an HTTP 406 response
+	Headers406 *CreateTestsResponse406Headers
 	// Headers409 the parsed response headers for an HTTP 409 response
 	Headers409 *CreateTestsResponse409Headers
 	// Headers413 the parsed response headers for an HTTP 413 response
@@ -2771,6 +2960,11 @@ func (r CreateTestsResponse) GetApplicationproblemJSON400() *BadRequest {
 // GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
 func (r CreateTestsResponse) GetApplicationproblemJSON401() *Unauthorized {
 	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON406 returns the response for an HTTP 406 `application/problem+json` response
+func (r CreateTestsResponse) GetApplicationproblemJSON406() *NotAcceptable {
+	return r.ApplicationproblemJSON406
 }
 
 // GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
@@ -3438,7 +3632,30 @@ func (c *ClientWithResponses) ListTestsWithResponse(ctx context.Context, params 
 //     (defaults: 10,000 items and 4 MiB).
 //
 // The request `Content-Type` must be `application/json` (a `charset`
-// parameter is accepted).
+// parameter is accepted), or one of an import's.
+//
+// **Import.** A body of `Content-Type: application/x-ndjson` (one
+// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+// naming the one column `name`, then one name a record, quoted when it
+// holds a comma, a quote or a line break; CRLF or LF line ends; what
+// `GET /tests` exports as CSV, less its `id` column, imports back byte
+// for byte) creates every row in one transaction, all or nothing. It
+// is read as a stream, so its size is bounded only by
+// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+// lines are skipped. Each item is judged by the rules of a POST item;
+// errors name the line (`line`: the 1-based line of the body where the
+// item starts; a CSV header is line 1): a malformed line is a `400`
+// at the first one; invalid names a `422` listing up to 100 problems
+// (the detail counts them all); the first line whose name is taken,
+// or repeats an earlier line's, a `409`. Nothing is stored on any
+// error. The answer is `201` with `{"created": n}`, or, with
+// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+// order of the file (ids ascending), sent once they are committed: if
+// that stream is cut, the rows are stored all the same. An import
+// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+// look up one of its names before sending it again.
 //
 // **Idempotency-Key.** With this header the create runs at most once
 // per key. The first request with a key stores the key, a fingerprint
@@ -3485,7 +3702,30 @@ func (c *ClientWithResponses) CreateTestsWithBodyWithResponse(ctx context.Contex
 //     (defaults: 10,000 items and 4 MiB).
 //
 // The request `Content-Type` must be `application/json` (a `charset`
-// parameter is accepted).
+// parameter is accepted), or one of an import's.
+//
+// **Import.** A body of `Content-Type: application/x-ndjson` (one
+// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+// naming the one column `name`, then one name a record, quoted when it
+// holds a comma, a quote or a line break; CRLF or LF line ends; what
+// `GET /tests` exports as CSV, less its `id` column, imports back byte
+// for byte) creates every row in one transaction, all or nothing. It
+// is read as a stream, so its size is bounded only by
+// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+// lines are skipped. Each item is judged by the rules of a POST item;
+// errors name the line (`line`: the 1-based line of the body where the
+// item starts; a CSV header is line 1): a malformed line is a `400`
+// at the first one; invalid names a `422` listing up to 100 problems
+// (the detail counts them all); the first line whose name is taken,
+// or repeats an earlier line's, a `409`. Nothing is stored on any
+// error. The answer is `201` with `{"created": n}`, or, with
+// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+// order of the file (ids ascending), sent once they are committed: if
+// that stream is cut, the rows are stored all the same. An import
+// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+// look up one of its names before sending it again.
 //
 // **Idempotency-Key.** With this header the create runs at most once
 // per key. The first request with a key stores the key, a fingerprint
@@ -4320,6 +4560,13 @@ func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) 
 		}
 		response.ApplicationproblemJSON401 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 406:
+		var dest NotAcceptable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON406 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
 		var dest Conflict
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4361,6 +4608,9 @@ func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) 
 			return nil, err
 		}
 		response.ApplicationproblemJSON503 = &dest
+
+	case rsp.StatusCode == 201:
+		// Content-type (application/x-ndjson) unsupported
 
 	}
 
@@ -4409,6 +4659,16 @@ func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) 
 			headers.XRequestId = value
 		}
 		response.Headers401 = &headers
+	case rsp.StatusCode == 406:
+		var headers CreateTestsResponse406Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers406 = &headers
 	case rsp.StatusCode == 409:
 		var headers CreateTestsResponse409Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
