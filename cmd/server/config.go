@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -36,6 +37,9 @@ type config struct {
 	MaxExports        int           `envconfig:"MAX_EXPORTS" default:"4"`
 	LogLevel          slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
 	IdempotencyTTL    time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
+	// CORSAllowedOrigins is comma-separated; none (the default) means
+	// CORS is off.
+	CORSAllowedOrigins []string `envconfig:"CORS_ALLOWED_ORIGINS"`
 	// APIToken is read from API_TOKEN or the file API_TOKEN_FILE names;
 	// envconfig does not read it, so that its value is never in an error.
 	APIToken string `ignored:"true"`
@@ -69,6 +73,7 @@ func loadConfig() (config, error) {
 		{"IMPORT_MAX_BYTES", c.ImportMaxBytes >= 1},
 		{"MAX_EXPORTS", c.MaxExports >= 1 && c.MaxExports < int(c.DBMaxConns)},
 		{"IDEMPOTENCY_TTL", c.IdempotencyTTL >= c.RequestTimeout},
+		{"CORS_ALLOWED_ORIGINS", validOrigins(c.CORSAllowedOrigins)},
 	}
 	for _, ch := range checks {
 		if !ch.ok {
@@ -77,6 +82,21 @@ func loadConfig() (config, error) {
 	}
 	c.APIToken, err = apiToken()
 	return c, err
+}
+
+// validOrigins reports whether every origin is "*" or an origin as a
+// browser sends it: http or https, a host, an optional port, and nothing
+// else (no path, not even "/", which would never match).
+func validOrigins(origins []string) bool {
+	for _, o := range origins {
+		u, err := url.Parse(o)
+		ok := o == "*" || err == nil && (u.Scheme == "http" || u.Scheme == "https") &&
+			u.Host != "" && u.User == nil && u.Path == "" && u.RawQuery == "" && u.Fragment == "" && u.String() == o
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // apiToken returns the token POST requires: API_TOKEN's value, or the

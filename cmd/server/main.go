@@ -230,6 +230,9 @@ func handlerOptions(cfg config) []api.Option {
 	if cfg.APIToken != "" {
 		opts = append(opts, api.RequireToken(cfg.APIToken))
 	}
+	if len(cfg.CORSAllowedOrigins) > 0 {
+		opts = append(opts, api.CORS(cfg.CORSAllowedOrigins))
+	}
 	return opts
 }
 

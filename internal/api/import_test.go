@@ -354,11 +354,13 @@ func TestImportClientGone(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The transport waits for the body's reader to return before it
+	// reports the cancellation.
 	cancel()
+	_ = pw.CloseWithError(context.Canceled)
 	if err := <-done; err == nil {
 		t.Fatal("the request succeeded although the client hung up")
 	}
-	_ = pw.Close()
 	srv.Close() // waits for the handler
 	if n := len(tableNames(t, e.pool)); n != 1 {
 		t.Fatalf("%d rows after an abandoned import", n)

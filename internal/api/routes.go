@@ -53,6 +53,7 @@ type options struct {
 	idempotencyTTL time.Duration // how long an Idempotency-Key is remembered
 	metrics        *metrics.Metrics
 	serveMetrics   bool
+	corsOrigins    []string // see CORS; none means CORS is off
 }
 
 // WithMetrics counts and times every request in m and, when serve is true,
@@ -85,6 +86,12 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	// as RFC 9110 expects of every GET resource. instrument sits inside the
 	// access log to reuse its response writer wrapper.
 	r.Use(requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
+	if c := o.cors(); c != nil {
+		r.Use(c)
+		allow := func(path string) string { return allowed(r, path) }
+		r.Options("/tests", handleOptions(allow).ServeHTTP)
+		r.Options("/tests/{id}", handleOptions(allow).ServeHTTP)
+	}
 
 	// An import (NDJSON or CSV body) is not bounded by the request
 	// timeout, which would bound the size of a file; see handleTestsImport.

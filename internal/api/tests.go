@@ -243,8 +243,9 @@ func pathID(r *http.Request) (int64, error) {
 func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 	exports := make(chan struct{}, lim.MaxExports)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The answer depends on Accept: caches must key on it.
-		w.Header().Set("Vary", "Accept")
+		// The answer depends on Accept: caches must key on it. Added to,
+		// not set: CORS has put Origin there.
+		w.Header().Add("Vary", "Accept")
 		media := negotiate(r.Header.Get("Accept"), mediaJSON, mediaNDJSON, mediaCSV)
 		if media == "" {
 			respond(log, w, r, &requestError{

@@ -657,6 +657,19 @@ type ClientInterface interface {
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// PreflightTests CORS preflight for /tests
+	//
+	// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+	// method is a `405`). Answers a CORS preflight per the Fetch standard:
+	// from an allowed origin, for a method and request headers the API
+	// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+	// and `-Max-Age`; otherwise without them, which the browser takes as
+	// a refusal. Writes need no token here: browsers send none with a
+	// preflight.
+	//
+	// Corresponds with OPTIONS /tests (the `PreflightTests` operationId).
+	PreflightTests(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// CreateTestsWithBody Create one or more tests
 	//
 	// Creates rows in the `test` table.
@@ -803,6 +816,19 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /tests/{id} (the `GetTest` operationId).
 	GetTest(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PreflightTest CORS preflight for /tests/{id}
+	//
+	// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+	// method is a `405`). Answers a CORS preflight per the Fetch standard:
+	// from an allowed origin, for a method and request headers the API
+	// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+	// and `-Max-Age`; otherwise without them, which the browser takes as
+	// a refusal. Writes need no token here: browsers send none with a
+	// preflight.
+	//
+	// Corresponds with OPTIONS /tests/{id} (the `PreflightTest` operationId).
+	PreflightTest(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RenameTestWithBody Rename a test
 	//
@@ -1054,6 +1080,29 @@ func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEdit
 	return c.Client.Do(req)
 }
 
+// PreflightTests CORS preflight for /tests
+//
+// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+// method is a `405`). Answers a CORS preflight per the Fetch standard:
+// from an allowed origin, for a method and request headers the API
+// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+// and `-Max-Age`; otherwise without them, which the browser takes as
+// a refusal. Writes need no token here: browsers send none with a
+// preflight.
+//
+// Corresponds with OPTIONS /tests (the `PreflightTests` operationId).
+func (c *Client) PreflightTests(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPreflightTestsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // CreateTestsWithBody Create one or more tests
 //
 // Creates rows in the `test` table.
@@ -1231,6 +1280,29 @@ func (c *Client) DeleteTest(ctx context.Context, id TestId, params *DeleteTestPa
 // Corresponds with GET /tests/{id} (the `GetTest` operationId).
 func (c *Client) GetTest(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetTestRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PreflightTest CORS preflight for /tests/{id}
+//
+// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+// method is a `405`). Answers a CORS preflight per the Fetch standard:
+// from an allowed origin, for a method and request headers the API
+// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+// and `-Max-Age`; otherwise without them, which the browser takes as
+// a refusal. Writes need no token here: browsers send none with a
+// preflight.
+//
+// Corresponds with OPTIONS /tests/{id} (the `PreflightTest` operationId).
+func (c *Client) PreflightTest(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPreflightTestRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -1635,6 +1707,33 @@ func NewListTestsRequest(server string, params *ListTestsParams) (*http.Request,
 	return req, nil
 }
 
+// NewPreflightTestsRequest constructs an http.Request for the PreflightTests method
+func NewPreflightTestsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/tests")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodOptions, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewCreateTestsRequest calls the generic CreateTests builder with application/json body
 func NewCreateTestsRequest(server string, params *CreateTestsParams, body CreateTestsJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -1783,6 +1882,40 @@ func NewGetTestRequest(server string, id TestId, params *GetTestParams) (*http.R
 			req.Header.Set("If-None-Match", headerParam0)
 		}
 
+	}
+
+	return req, nil
+}
+
+// NewPreflightTestRequest constructs an http.Request for the PreflightTest method
+func NewPreflightTestRequest(server string, id TestId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/tests/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodOptions, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
 	}
 
 	return req, nil
@@ -2026,6 +2159,21 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTestsWithResponse(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*ListTestsResponse, error)
 
+	// PreflightTestsWithResponse CORS preflight for /tests
+	//
+	// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+	// method is a `405`). Answers a CORS preflight per the Fetch standard:
+	// from an allowed origin, for a method and request headers the API
+	// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+	// and `-Max-Age`; otherwise without them, which the browser takes as
+	// a refusal. Writes need no token here: browsers send none with a
+	// preflight.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with OPTIONS /tests (the `PreflightTests` operationId).
+	PreflightTestsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*PreflightTestsResponse, error)
+
 	// CreateTestsWithBodyWithResponse Create one or more tests
 	//
 	// Creates rows in the `test` table.
@@ -2176,6 +2324,21 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /tests/{id} (the `GetTest` operationId).
 	GetTestWithResponse(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*GetTestResponse, error)
+
+	// PreflightTestWithResponse CORS preflight for /tests/{id}
+	//
+	// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+	// method is a `405`). Answers a CORS preflight per the Fetch standard:
+	// from an allowed origin, for a method and request headers the API
+	// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+	// and `-Max-Age`; otherwise without them, which the browser takes as
+	// a refusal. Writes need no token here: browsers send none with a
+	// preflight.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with OPTIONS /tests/{id} (the `PreflightTest` operationId).
+	PreflightTestWithResponse(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*PreflightTestResponse, error)
 
 	// RenameTestWithBodyWithResponse Rename a test
 	//
@@ -2848,6 +3011,67 @@ func (r ListTestsResponse) ContentType() string {
 	return ""
 }
 
+// PreflightTestsResponse204Headers the declared response headers of an HTTP 204 response for PreflightTests
+type PreflightTestsResponse204Headers struct {
+	AccessControlAllowHeaders *string
+	AccessControlAllowMethods *string
+	AccessControlAllowOrigin  *string
+	AccessControlMaxAge       *int
+	Allow                     *string
+	XRequestId                string
+}
+
+// PreflightTestsResponse405Headers the declared response headers of an HTTP 405 response for PreflightTests
+type PreflightTestsResponse405Headers struct {
+	Allow      *string
+	XRequestId string
+}
+
+type PreflightTestsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *Problem
+	// Headers204 the parsed response headers for an HTTP 204 response
+	Headers204 *PreflightTestsResponse204Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *PreflightTestsResponse405Headers
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r PreflightTestsResponse) GetApplicationproblemJSON405() *Problem {
+	return r.ApplicationproblemJSON405
+}
+
+// GetBody returns the raw response body bytes
+func (r PreflightTestsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PreflightTestsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PreflightTestsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PreflightTestsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // CreateTestsResponse201Headers the declared response headers of an HTTP 201 response for CreateTests
 type CreateTestsResponse201Headers struct {
 	Location   *string
@@ -3267,6 +3491,67 @@ func (r GetTestResponse) ContentType() string {
 	return ""
 }
 
+// PreflightTestResponse204Headers the declared response headers of an HTTP 204 response for PreflightTest
+type PreflightTestResponse204Headers struct {
+	AccessControlAllowHeaders *string
+	AccessControlAllowMethods *string
+	AccessControlAllowOrigin  *string
+	AccessControlMaxAge       *int
+	Allow                     *string
+	XRequestId                string
+}
+
+// PreflightTestResponse405Headers the declared response headers of an HTTP 405 response for PreflightTest
+type PreflightTestResponse405Headers struct {
+	Allow      *string
+	XRequestId string
+}
+
+type PreflightTestResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *Problem
+	// Headers204 the parsed response headers for an HTTP 204 response
+	Headers204 *PreflightTestResponse204Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *PreflightTestResponse405Headers
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r PreflightTestResponse) GetApplicationproblemJSON405() *Problem {
+	return r.ApplicationproblemJSON405
+}
+
+// GetBody returns the raw response body bytes
+func (r PreflightTestResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PreflightTestResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PreflightTestResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PreflightTestResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // RenameTestResponse200Headers the declared response headers of an HTTP 200 response for RenameTest
 type RenameTestResponse200Headers struct {
 	ETag       string
@@ -3617,6 +3902,27 @@ func (c *ClientWithResponses) ListTestsWithResponse(ctx context.Context, params 
 	return ParseListTestsResponse(rsp)
 }
 
+// PreflightTestsWithResponse CORS preflight for /tests
+//
+// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+// method is a `405`). Answers a CORS preflight per the Fetch standard:
+// from an allowed origin, for a method and request headers the API
+// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+// and `-Max-Age`; otherwise without them, which the browser takes as
+// a refusal. Writes need no token here: browsers send none with a
+// preflight.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with OPTIONS /tests (the `PreflightTests` operationId).
+func (c *ClientWithResponses) PreflightTestsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*PreflightTestsResponse, error) {
+	rsp, err := c.PreflightTests(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePreflightTestsResponse(rsp)
+}
+
 // CreateTestsWithBodyWithResponse Create one or more tests
 //
 // Creates rows in the `test` table.
@@ -3790,6 +4096,27 @@ func (c *ClientWithResponses) GetTestWithResponse(ctx context.Context, id TestId
 		return nil, err
 	}
 	return ParseGetTestResponse(rsp)
+}
+
+// PreflightTestWithResponse CORS preflight for /tests/{id}
+//
+// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+// method is a `405`). Answers a CORS preflight per the Fetch standard:
+// from an allowed origin, for a method and request headers the API
+// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+// and `-Max-Age`; otherwise without them, which the browser takes as
+// a refusal. Writes need no token here: browsers send none with a
+// preflight.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with OPTIONS /tests/{id} (the `PreflightTest` operationId).
+func (c *ClientWithResponses) PreflightTestWithResponse(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*PreflightTestResponse, error) {
+	rsp, err := c.PreflightTest(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePreflightTestResponse(rsp)
 }
 
 // RenameTestWithBodyWithResponse Rename a test
@@ -4525,6 +4852,100 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 	return response, nil
 }
 
+// ParsePreflightTestsResponse parses an HTTP response from a PreflightTestsWithResponse call
+func ParsePreflightTestsResponse(rsp *http.Response) (*PreflightTestsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PreflightTestsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		var headers PreflightTestsResponse204Headers
+		if values := rsp.Header.Values("Access-Control-Allow-Headers"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Headers", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowHeaders = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Allow-Methods"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Methods", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowMethods = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Allow-Origin"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Origin", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowOrigin = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Max-Age"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Max-Age", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlMaxAge = &value
+		}
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers204 = &headers
+	case rsp.StatusCode == 405:
+		var headers PreflightTestsResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers405 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseCreateTestsResponse parses an HTTP response from a CreateTestsWithResponse call
 func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -5035,6 +5456,100 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 			headers.XRequestId = value
 		}
 		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParsePreflightTestResponse parses an HTTP response from a PreflightTestWithResponse call
+func ParsePreflightTestResponse(rsp *http.Response) (*PreflightTestResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PreflightTestResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		var headers PreflightTestResponse204Headers
+		if values := rsp.Header.Values("Access-Control-Allow-Headers"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Headers", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowHeaders = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Allow-Methods"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Methods", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowMethods = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Allow-Origin"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Origin", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowOrigin = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Max-Age"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Max-Age", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlMaxAge = &value
+		}
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers204 = &headers
+	case rsp.StatusCode == 405:
+		var headers PreflightTestResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers405 = &headers
 	}
 
 	return response, nil
