@@ -29,6 +29,8 @@ type testStore interface {
 	Stream(ctx context.Context, after int64, limit int, fn func(store.Test) error) error
 	FindByName(ctx context.Context, name string, after int64) ([]store.Test, error)
 	Import(ctx context.Context, src store.ImportSource, created func(store.Test) error) (int64, error)
+	Count(ctx context.Context) (int64, error)
+	EstimateCount(ctx context.Context) (n int64, known bool, err error)
 	Ping(ctx context.Context) error
 }
 

@@ -316,6 +316,14 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 			respond(log, w, r, err)
 			return
 		}
+		// The answer depends on Prefer too (RFC 7240 §2).
+		w.Header().Add("Vary", "Prefer")
+		if kind := countPreference(r); kind != "" {
+			if err := writeCount(ctx, w, st, kind, byName, len(ts)); err != nil {
+				respond(log, w, r, err)
+				return
+			}
+		}
 		if len(ts) == limit && !byName {
 			next := "/tests?after=" + strconv.Itoa(int(ts[len(ts)-1].ID)) + "&limit=" + strconv.Itoa(limit)
 			w.Header().Set("Link", "<"+next+`>; rel="next"`)

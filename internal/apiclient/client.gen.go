@@ -194,6 +194,9 @@ type Limit = int
 // Name defines model for Name.
 type Name = string
 
+// Prefer defines model for Prefer.
+type Prefer = string
+
 // TestId defines model for TestId.
 type TestId = int64
 
@@ -288,6 +291,10 @@ type ListTestsParams struct {
 	// IfNoneMatch Entity tags of representations the client has (or `*`); when the
 	// current one is among them the answer is `304` without a body.
 	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+
+	// Prefer RFC 7240 preferences; `count=exact` or `count=estimated` asks a JSON
+	// page of `GET /tests` for the number of tests. Others are ignored.
+	Prefer *Prefer `json:"Prefer,omitempty"`
 }
 
 // CreateTestsParams defines parameters for CreateTests.
@@ -653,6 +660,17 @@ type ClientInterface interface {
 	//
 	// JSON pages carry a strong `ETag` of their body; `If-None-Match` with
 	// it gives `304` without a body. Exports, which stream, carry none.
+	//
+	// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
+	// (RFC 7240), a JSON page (and its `304`) carries the number of tests
+	// in `X-Total-Count` and the kind of count in `Preference-Applied`. An
+	// exact count scans the table, within `REQUEST_TIMEOUT` (then `503`);
+	// an estimate is the database's statistics (`pg_class.reltuples`, as of
+	// the last ANALYZE or VACUUM), one catalog read whatever the size. A
+	// table without statistics yet (never analyzed: `-1` on PostgreSQL 14+)
+	// gets the exact count, with `Preference-Applied: count=exact`. With
+	// `name` the count is of the rows of that name (0 or 1). Exports ignore
+	// the preference.
 	//
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1066,6 +1084,17 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 //
 // JSON pages carry a strong `ETag` of their body; `If-None-Match` with
 // it gives `304` without a body. Exports, which stream, carry none.
+//
+// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
+// (RFC 7240), a JSON page (and its `304`) carries the number of tests
+// in `X-Total-Count` and the kind of count in `Preference-Applied`. An
+// exact count scans the table, within `REQUEST_TIMEOUT` (then `503`);
+// an estimate is the database's statistics (`pg_class.reltuples`, as of
+// the last ANALYZE or VACUUM), one catalog read whatever the size. A
+// table without statistics yet (never analyzed: `-1` on PostgreSQL 14+)
+// gets the exact count, with `Preference-Applied: count=exact`. With
+// `name` the count is of the rows of that name (0 or 1). Exports ignore
+// the preference.
 //
 // Corresponds with GET /tests (the `ListTests` operationId).
 func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1702,6 +1731,17 @@ func NewListTestsRequest(server string, params *ListTestsParams) (*http.Request,
 			req.Header.Set("If-None-Match", headerParam0)
 		}
 
+		if params.Prefer != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "Prefer", *params.Prefer, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Prefer", headerParam1)
+		}
+
 	}
 
 	return req, nil
@@ -2153,6 +2193,17 @@ type ClientWithResponsesInterface interface {
 	//
 	// JSON pages carry a strong `ETag` of their body; `If-None-Match` with
 	// it gives `304` without a body. Exports, which stream, carry none.
+	//
+	// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
+	// (RFC 7240), a JSON page (and its `304`) carries the number of tests
+	// in `X-Total-Count` and the kind of count in `Preference-Applied`. An
+	// exact count scans the table, within `REQUEST_TIMEOUT` (then `503`);
+	// an estimate is the database's statistics (`pg_class.reltuples`, as of
+	// the last ANALYZE or VACUUM), one catalog read whatever the size. A
+	// table without statistics yet (never analyzed: `-1` on PostgreSQL 14+)
+	// gets the exact count, with `Preference-Applied: count=exact`. With
+	// `name` the count is of the rows of that name (0 or 1). Exports ignore
+	// the preference.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2898,15 +2949,19 @@ func (r ReadyzResponse) ContentType() string {
 
 // ListTestsResponse200Headers the declared response headers of an HTTP 200 response for ListTests
 type ListTestsResponse200Headers struct {
-	ETag       *string
-	Link       *string
-	XRequestId string
+	ETag              *string
+	Link              *string
+	PreferenceApplied *string
+	XRequestId        string
+	XTotalCount       *int64
 }
 
 // ListTestsResponse304Headers the declared response headers of an HTTP 304 response for ListTests
 type ListTestsResponse304Headers struct {
-	ETag       string
-	XRequestId string
+	ETag              string
+	PreferenceApplied *string
+	XRequestId        string
+	XTotalCount       *int64
 }
 
 // ListTestsResponse400Headers the declared response headers of an HTTP 400 response for ListTests
@@ -3385,8 +3440,10 @@ type GetTestResponse200Headers struct {
 
 // GetTestResponse304Headers the declared response headers of an HTTP 304 response for GetTest
 type GetTestResponse304Headers struct {
-	ETag       string
-	XRequestId string
+	ETag              string
+	PreferenceApplied *string
+	XRequestId        string
+	XTotalCount       *int64
 }
 
 // GetTestResponse400Headers the declared response headers of an HTTP 400 response for GetTest
@@ -3890,6 +3947,17 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 //
 // JSON pages carry a strong `ETag` of their body; `If-None-Match` with
 // it gives `304` without a body. Exports, which stream, carry none.
+//
+// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
+// (RFC 7240), a JSON page (and its `304`) carries the number of tests
+// in `X-Total-Count` and the kind of count in `Preference-Applied`. An
+// exact count scans the table, within `REQUEST_TIMEOUT` (then `503`);
+// an estimate is the database's statistics (`pg_class.reltuples`, as of
+// the last ANALYZE or VACUUM), one catalog read whatever the size. A
+// table without statistics yet (never analyzed: `-1` on PostgreSQL 14+)
+// gets the exact count, with `Preference-Applied: count=exact`. With
+// `name` the count is of the rows of that name (0 or 1). Exports ignore
+// the preference.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -4775,12 +4843,26 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 			}
 			headers.Link = &value
 		}
+		if values := rsp.Header.Values("Preference-Applied"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Preference-Applied", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.PreferenceApplied = &value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
 			headers.XRequestId = value
+		}
+		if values := rsp.Header.Values("X-Total-Count"); len(values) > 0 {
+			var value int64
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Total-Count", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			}
+			headers.XTotalCount = &value
 		}
 		response.Headers200 = &headers
 	case rsp.StatusCode == 304:
@@ -4792,12 +4874,26 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 			}
 			headers.ETag = value
 		}
+		if values := rsp.Header.Values("Preference-Applied"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Preference-Applied", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.PreferenceApplied = &value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
 			headers.XRequestId = value
+		}
+		if values := rsp.Header.Values("X-Total-Count"); len(values) > 0 {
+			var value int64
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Total-Count", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			}
+			headers.XTotalCount = &value
 		}
 		response.Headers304 = &headers
 	case rsp.StatusCode == 400:
@@ -5401,12 +5497,26 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 			}
 			headers.ETag = value
 		}
+		if values := rsp.Header.Values("Preference-Applied"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Preference-Applied", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.PreferenceApplied = &value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
 			headers.XRequestId = value
+		}
+		if values := rsp.Header.Values("X-Total-Count"); len(values) > 0 {
+			var value int64
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Total-Count", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			}
+			headers.XTotalCount = &value
 		}
 		response.Headers304 = &headers
 	case rsp.StatusCode == 400:
