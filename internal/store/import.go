@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -68,15 +69,18 @@ func (s *Store) Import(ctx context.Context, src ImportSource, created func(Test)
 		return 0, fmt.Errorf("import: %w", s.classify(err))
 	}
 	// A connection whose session may still hold the import's temporary
-	// table (a stream of the created rows that failed) is closed, not
-	// returned to the pool.
-	clean := false
+	// table of created rows (their stream failed) is closed, not returned
+	// to the pool. Any other failure rolled the transaction back, and the
+	// tables with it (the pool closes a connection left in a transaction).
+	clean := true
 	defer func() {
 		if clean {
 			conn.Release()
 			return
 		}
-		_ = conn.Hijack().Close(context.WithoutCancel(ctx))
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Hijack().Close(closeCtx)
 	}()
 
 	n, err := s.importRows(ctx, conn, src, created != nil)
@@ -94,10 +98,10 @@ func (s *Store) Import(ctx context.Context, src ImportSource, created func(Test)
 	}
 	if created != nil {
 		if err := streamCreated(ctx, conn, created); err != nil {
+			clean = false
 			return n, fmt.Errorf("import: read the created rows: %w", s.classify(err))
 		}
 	}
-	clean = true
 	return n, nil
 }
 
