@@ -197,7 +197,7 @@ func TestCORSHeaders(t *testing.T) {
 	res = do(t, on, "GET", "/tests", "", "Origin", "https://app.example")
 	if res.header.Get("Access-Control-Allow-Origin") != "https://app.example" ||
 		!strings.Contains(res.header.Get("Access-Control-Expose-Headers"), "Etag") ||
-		!slices.Equal(res.header.Values("Vary"), []string{"Origin", "Accept"}) {
+		!slices.Equal(res.header.Values("Vary"), []string{"Origin", "Accept", "Prefer"}) {
 		t.Errorf("GET from the allowed origin: %v", res.header)
 	}
 	res = do(t, on, "GET", "/tests", "", "Origin", "https://evil.example")
