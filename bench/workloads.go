@@ -54,7 +54,7 @@ type workload struct {
 }
 
 // workloadKeys are the workloads in the order they run.
-var workloadKeys = []string{"page", "pages", "create", "import", "export-ndjson", "export-csv"}
+var workloadKeys = []string{"page", "pages", "create", "import", "file-import", "export-ndjson", "export-csv"}
 
 func isWorkloadKey(k string) bool { return slices.Contains(workloadKeys, k) }
 
@@ -121,6 +121,7 @@ func (b *bench) workloads() []workload {
 		a:      b.importOurs,
 		b:      b.importCopy,
 	},
+		b.fileImportWorkload(), // fileimport.go
 		b.exportWorkload("export-ndjson", "export NDJSON", "application/x-ndjson", 0),
 		b.exportWorkload("export-csv", "export CSV", "text/csv", 1), // and the header line
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -41,9 +42,13 @@ type config struct {
 	ShutdownTimeout    time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"20s"`
 	MaxBodyBytes       int64         `envconfig:"MAX_BODY_BYTES" default:"4194304"`
 	MaxBatch           int           `envconfig:"MAX_BATCH" default:"10000"`
+	ImportMaxBytes     int64         `envconfig:"IMPORT_MAX_BYTES" default:"1073741824"`
 	MaxExports         int           `envconfig:"MAX_EXPORTS" default:"4"`
 	LogLevel           slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
 	IdempotencyTTL     time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
+	// CORSAllowedOrigins is comma-separated; none (the default) means
+	// CORS is off.
+	CORSAllowedOrigins []string `envconfig:"CORS_ALLOWED_ORIGINS"`
 	// APIToken is read from API_TOKEN or the file API_TOKEN_FILE names;
 	// envconfig does not read it, so that its value is never in an error.
 	APIToken string `ignored:"true"`
@@ -110,10 +115,13 @@ func rules(c config) []rule {
 		positive("SHUTDOWN_TIMEOUT", c.ShutdownTimeout, "how long requests get to finish at shutdown"),
 		atLeast1("MAX_BODY_BYTES", c.MaxBodyBytes, "it is the largest request body, and a POST needs one"),
 		atLeast1("MAX_BATCH", int64(c.MaxBatch), "it is the most items a POST array may hold"),
+		atLeast1("IMPORT_MAX_BYTES", c.ImportMaxBytes, "it is the largest NDJSON or CSV import body"),
 		{"MAX_EXPORTS", strconv.Itoa(c.MaxExports), c.MaxExports >= 1 && c.MaxExports < int(c.DBMaxConns),
 			fmt.Sprintf("must be at least 1 and less than DB_MAX_CONNS (%d), since each export holds a connection and the other requests need one too", c.DBMaxConns)},
 		{"IDEMPOTENCY_TTL", c.IdempotencyTTL.String(), c.IdempotencyTTL >= c.RequestTimeout,
 			fmt.Sprintf("must be at least REQUEST_TIMEOUT (%s), since a key must outlive the request that made it", c.RequestTimeout)},
+		{"CORS_ALLOWED_ORIGINS", strings.Join(c.CORSAllowedOrigins, ","), validOrigins(c.CORSAllowedOrigins),
+			`must be "*" or origins as a browser sends them (http or https, a host, an optional port, no path, not even "/"), comma-separated`},
 	}
 }
 
@@ -145,6 +153,21 @@ func parseError(c config, err error) error {
 		return fmt.Errorf("%s: %q is not a log level: debug, info, warn or error", pe.KeyName, pe.Value)
 	}
 	return fmt.Errorf("%s: %q is not a %s: %w", pe.KeyName, pe.Value, pe.TypeName, pe.Err)
+}
+
+// validOrigins reports whether every origin is "*" or an origin as a
+// browser sends it: http or https, a host, an optional port, and nothing
+// else (no path, not even "/", which would never match).
+func validOrigins(origins []string) bool {
+	for _, o := range origins {
+		u, err := url.Parse(o)
+		ok := o == "*" || err == nil && (u.Scheme == "http" || u.Scheme == "https") &&
+			u.Host != "" && u.User == nil && u.Path == "" && u.RawQuery == "" && u.Fragment == "" && u.String() == o
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // apiToken returns the token POST requires: API_TOKEN's value, or the

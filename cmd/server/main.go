@@ -102,6 +102,8 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			// within the time a request waits for one.
 			ReadyTimeout:       cfg.DBAcquireTimeout,
 			ExportStallTimeout: cfg.ExportStallTimeout,
+			ImportMaxBytes:     cfg.ImportMaxBytes,
+			ReadTimeout:        cfg.ReadTimeout,
 		}, append(handlerOptions(cfg), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
@@ -241,6 +243,9 @@ func handlerOptions(cfg config) []api.Option {
 	opts := []api.Option{api.IdempotencyTTL(cfg.IdempotencyTTL)}
 	if cfg.APIToken != "" {
 		opts = append(opts, api.RequireToken(cfg.APIToken))
+	}
+	if len(cfg.CORSAllowedOrigins) > 0 {
+		opts = append(opts, api.CORS(cfg.CORSAllowedOrigins))
 	}
 	return opts
 }

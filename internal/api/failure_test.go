@@ -377,3 +377,10 @@ func TestLongExport(t *testing.T) {
 		t.Fatalf("export cut after %d rows: %v", strings.Count(string(body), "\n"), err)
 	}
 }
+func (f failingStore) Import(context.Context, store.ImportSource, func(store.Test) error) (int64, error) {
+	return 0, f.fail()
+}
+func (f failingStore) Count(context.Context) (int64, error) { return 0, f.fail() }
+func (f failingStore) EstimateCount(context.Context) (int64, bool, error) {
+	return 0, false, f.fail()
+}

@@ -34,6 +34,7 @@ var testLimits = api.Limits{
 	RequestTimeout: 5 * time.Second,
 	WriteTimeout:   5 * time.Second,
 	MaxExports:     2,
+	ImportMaxBytes: 1 << 20,
 }
 
 // env is one test's service: the real router over the real store on its

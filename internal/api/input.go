@@ -131,15 +131,15 @@ func (t newTest) problems(pointer string) []fieldError {
 	at := pointer + "/name"
 	switch {
 	case !t.present:
-		return []fieldError{{at, "name is required."}}
+		return []fieldError{{Pointer: at, Detail: "name is required."}}
 	case t.badUTF8:
-		return []fieldError{{at, store.NameNotUTF8}}
+		return []fieldError{{Pointer: at, Detail: store.NameNotUTF8}}
 	case t.Name == "":
-		return []fieldError{{at, "name must not be empty."}}
+		return []fieldError{{Pointer: at, Detail: "name must not be empty."}}
 	}
 	var errs []fieldError
 	for _, p := range store.NameProblems(t.Name) {
-		errs = append(errs, fieldError{at, p})
+		errs = append(errs, fieldError{Pointer: at, Detail: p})
 	}
 	return errs
 }
@@ -180,9 +180,9 @@ func parseCreateFull(body []byte, maxItems int) (names []string, single bool, er
 	var errs []fieldError
 	switch {
 	case len(items) == 0:
-		errs = append(errs, fieldError{"#", "The array must not be empty."})
+		errs = append(errs, fieldError{Pointer: "#", Detail: "The array must not be empty."})
 	case len(items) > maxItems:
-		errs = append(errs, fieldError{"#", "The array has " + strconv.Itoa(len(items)) +
+		errs = append(errs, fieldError{Pointer: "#", Detail: "The array has " + strconv.Itoa(len(items)) +
 			" items; the most is " + strconv.Itoa(maxItems) + "."})
 	}
 	names = make([]string, len(items))

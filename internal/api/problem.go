@@ -22,7 +22,10 @@ type problem struct {
 
 // fieldError is one problem with the request body: Pointer is a JSON
 // Pointer into the body as a URI fragment ("#/0/name"; "#" is the body).
+// In an import (NDJSON or CSV) Line is the 1-based line of the body where
+// the item starts, and Pointer points into that item.
 type fieldError struct {
+	Line    int64  `json:"line,omitempty"`
 	Pointer string `json:"pointer"`
 	Detail  string `json:"detail"`
 }
@@ -52,6 +55,7 @@ const retryAfter = "1"
 func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error) {
 	var reqErr *requestError
 	var tooBig *http.MaxBytesError
+	var atLine *store.LineConflictError
 	switch {
 	case errors.As(err, &reqErr):
 		writeProblem(w, reqErr.status, reqErr.detail, reqErr.errors)
@@ -65,6 +69,9 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 	case errors.Is(err, store.ErrKeyReused):
 		writeProblem(w, http.StatusUnprocessableEntity,
 			"This Idempotency-Key was already used with a different request body.", nil)
+	case errors.As(err, &atLine):
+		writeProblem(w, http.StatusConflict, "Line "+itoa(atLine.Line)+": "+conflictDetail(atLine)+"; nothing was stored.",
+			[]fieldError{{Pointer: "#/name", Detail: "name is already taken.", Line: atLine.Line}})
 	case errors.Is(err, store.ErrConflict):
 		writeProblem(w, http.StatusConflict,
 			"A name in the request is already taken; nothing was stored.", nil)
@@ -101,6 +108,14 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 // still there never gets a 499.
 func clientGone(r *http.Request) bool {
 	return errors.Is(r.Context().Err(), context.Canceled)
+}
+
+// conflictDetail says why an import's line conflicts.
+func conflictDetail(c *store.LineConflictError) string {
+	if c.FirstLine > 0 {
+		return "the name is the name of line " + itoa(c.FirstLine)
+	}
+	return "the name is already taken"
 }
 
 func logError(log *slog.Logger, r *http.Request, status int, err error) {

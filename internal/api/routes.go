@@ -28,6 +28,9 @@ type testStore interface {
 	List(ctx context.Context, after int64, limit int) ([]store.Test, error)
 	Stream(ctx context.Context, after int64, limit int, fn func(store.Test) error) error
 	FindByName(ctx context.Context, name string, after int64) ([]store.Test, error)
+	Import(ctx context.Context, src store.ImportSource, created func(store.Test) error) (int64, error)
+	Count(ctx context.Context) (int64, error)
+	EstimateCount(ctx context.Context) (n int64, known bool, err error)
 	Ping(ctx context.Context) error
 }
 
@@ -45,6 +48,8 @@ type Limits struct {
 	// for its next row from the database; then it is cut. 0 means
 	// RequestTimeout.
 	ExportStallTimeout time.Duration
+	ImportMaxBytes     int64         // largest NDJSON/CSV import body; larger is 413
+	ReadTimeout        time.Duration // longest an import may go without a byte of its body
 }
 
 func (l Limits) exportStallTimeout() time.Duration {
@@ -62,6 +67,7 @@ type options struct {
 	idempotencyTTL time.Duration // how long an Idempotency-Key is remembered
 	metrics        *metrics.Metrics
 	serveMetrics   bool
+	corsOrigins    []string // see CORS; none means CORS is off
 }
 
 // WithMetrics counts and times every request in m and, when serve is true,
@@ -96,9 +102,19 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	// first, so that the access log and the metrics time the answer, not
 	// the reading of a refused body after it.
 	r.Use(lingerBody, requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
+	if c := o.cors(); c != nil {
+		r.Use(c)
+		allow := func(path string) string { return allowed(r, path) }
+		r.Options("/tests", handleOptions(allow).ServeHTTP)
+		r.Options("/tests/{id}", handleOptions(allow).ServeHTTP)
+	}
 
-	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
-		Post("/tests", handleTestsCreate(log, st, lim, o.idempotencyTTL).ServeHTTP)
+	// An import (NDJSON or CSV body) is not bounded by the request
+	// timeout, which would bound the size of a file; see handleTestsImport.
+	r.With(requireToken(log, o.token)).Post("/tests", byContentType(
+		handleTestsImport(log, st, lim),
+		timeout(lim.RequestTimeout)(handleTestsCreate(log, st, lim, o.idempotencyTTL)),
+	).ServeHTTP)
 	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
 	r.With(timeout(lim.RequestTimeout)).Get("/tests/{id}", handleTestsGet(log, st).ServeHTTP)
 	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
@@ -123,6 +139,18 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 		writeProblem(w, http.StatusMethodNotAllowed, "This path does not support "+req.Method+".", nil)
 	})
 	return r
+}
+
+// byContentType sends a POST /tests of an import media type to imports,
+// anything else to create.
+func byContentType(imports, create http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isImport(r.Header.Get("Content-Type")) {
+			imports.ServeHTTP(w, r)
+			return
+		}
+		create.ServeHTTP(w, r)
+	})
 }
 
 // allowed lists the methods routes has for path, for the Allow header of a

@@ -244,8 +244,9 @@ func pathID(r *http.Request) (int64, error) {
 func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 	exports := make(chan struct{}, lim.MaxExports)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The answer depends on Accept: caches must key on it.
-		w.Header().Set("Vary", "Accept")
+		// The answer depends on Accept: caches must key on it. Added to,
+		// not set: CORS has put Origin there.
+		w.Header().Add("Vary", "Accept")
 		media := negotiate(r.Header.Get("Accept"), mediaJSON, mediaNDJSON, mediaCSV)
 		if media == "" {
 			respond(log, w, r, &requestError{
@@ -316,6 +317,14 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 		if err != nil {
 			respond(log, w, r, err)
 			return
+		}
+		// The answer depends on Prefer too (RFC 7240 §2).
+		w.Header().Add("Vary", "Prefer")
+		if kind := countPreference(r); kind != "" {
+			if err := writeCount(ctx, w, st, kind, byName, len(ts)); err != nil {
+				respond(log, w, r, err)
+				return
+			}
 		}
 		if len(ts) == limit && !byName {
 			next := "/tests?after=" + strconv.Itoa(int(ts[len(ts)-1].ID)) + "&limit=" + strconv.Itoa(limit)

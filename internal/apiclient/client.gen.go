@@ -56,8 +56,8 @@ func (e GetDocsAssetParamsAsset) Valid() bool {
 }
 
 // CreatedTests The `201` body of `POST /tests`: the created test for a single
-// object, or the created tests (ids ascending in input order) for an
-// array.
+// object, the created tests (ids ascending in input order) for an
+// array, or an import's summary.
 type CreatedTests struct {
 	union json.RawMessage
 }
@@ -70,6 +70,14 @@ type FieldError struct {
 	//
 	// Example: name must not be empty
 	Detail string `json:"detail"`
+
+	// Line Only for an import: the 1-based line of the body where the item
+	// starts (a CSV header is line 1); `pointer` then points into
+	// that item.
+	//
+	//
+	// Example: 12
+	Line *int64 `json:"line,omitempty"`
 
 	// Pointer JSON Pointer, in URI fragment form, into the request body: `#/name`,
 	// `#/0/name`, or `#` for the whole body.
@@ -88,6 +96,14 @@ type Health struct {
 
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
+
+// ImportSummary The `201` body of an import (NDJSON or CSV) answered as JSON.
+//
+// Example: {"created":2}
+type ImportSummary struct {
+	// Created How many tests the import created (every line's).
+	Created int64 `json:"created"`
+}
 
 // NewTest A test to create.
 //
@@ -177,6 +193,9 @@ type Limit = int
 
 // Name defines model for Name.
 type Name = string
+
+// Prefer defines model for Prefer.
+type Prefer = string
 
 // TestId defines model for TestId.
 type TestId = int64
@@ -273,6 +292,10 @@ type ListTestsParams struct {
 	// IfNoneMatch Entity tags of representations the client has (or `*`); when the
 	// current one is among them the answer is `304` without a body.
 	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
+
+	// Prefer RFC 7240 preferences; `count=exact` or `count=estimated` asks a JSON
+	// page of `GET /tests` for the number of tests. Others are ignored.
+	Prefer *Prefer `json:"Prefer,omitempty"`
 }
 
 // CreateTestsParams defines parameters for CreateTests.
@@ -366,6 +389,32 @@ func (t *CreatedTests) FromTestList(v TestList) error {
 
 // MergeTestList performs a merge with any union data inside the CreatedTests, using the provided TestList
 func (t *CreatedTests) MergeTestList(v TestList) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsImportSummary returns the union data inside the CreatedTests as a ImportSummary
+func (t CreatedTests) AsImportSummary() (ImportSummary, error) {
+	var body ImportSummary
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromImportSummary overwrites any union data inside the CreatedTests as the provided ImportSummary
+func (t *CreatedTests) FromImportSummary(v ImportSummary) error {
+	b, err := json.Marshal(v)
+	t.union = b
+	return err
+}
+
+// MergeImportSummary performs a merge with any union data inside the CreatedTests, using the provided ImportSummary
+func (t *CreatedTests) MergeImportSummary(v ImportSummary) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -621,8 +670,32 @@ type ClientInterface interface {
 	// before the end of the chunked body, so a client never takes a partial
 	// export for a whole one.
 	//
+	// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
+	// (RFC 7240), a JSON page (and its `304`) carries the number of tests
+	// in `X-Total-Count` and the kind of count in `Preference-Applied`. An
+	// exact count scans the table, within `REQUEST_TIMEOUT` (then `503`);
+	// an estimate is the database's statistics (`pg_class.reltuples`, as of
+	// the last ANALYZE or VACUUM), one catalog read whatever the size. A
+	// table without statistics yet (never analyzed: `-1` on PostgreSQL 14+)
+	// gets the exact count, with `Preference-Applied: count=exact`. With
+	// `name` the count is of the rows of that name (0 or 1). Exports ignore
+	// the preference.
+	//
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PreflightTests CORS preflight for /tests
+	//
+	// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+	// method is a `405`). Answers a CORS preflight per the Fetch standard:
+	// from an allowed origin, for a method and request headers the API
+	// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+	// and `-Max-Age`; otherwise without them, which the browser takes as
+	// a refusal. Writes need no token here: browsers send none with a
+	// preflight.
+	//
+	// Corresponds with OPTIONS /tests (the `PreflightTests` operationId).
+	PreflightTests(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateTestsWithBody Create one or more tests
 	//
@@ -639,7 +712,30 @@ type ClientInterface interface {
 	//   (defaults: 10,000 items and 4 MiB).
 	//
 	// The request `Content-Type` must be `application/json` (a `charset`
-	// parameter is accepted).
+	// parameter is accepted), or one of an import's.
+	//
+	// **Import.** A body of `Content-Type: application/x-ndjson` (one
+	// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+	// naming the one column `name`, then one name a record, quoted when it
+	// holds a comma, a quote or a line break; CRLF or LF line ends; what
+	// `GET /tests` exports as CSV, less its `id` column, imports back byte
+	// for byte) creates every row in one transaction, all or nothing. It
+	// is read as a stream, so its size is bounded only by
+	// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+	// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+	// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+	// lines are skipped. Each item is judged by the rules of a POST item;
+	// errors name the line (`line`: the 1-based line of the body where the
+	// item starts; a CSV header is line 1): a malformed line is a `400`
+	// at the first one; invalid names a `422` listing up to 100 problems
+	// (the detail counts them all); the first line whose name is taken,
+	// or repeats an earlier line's, a `409`. Nothing is stored on any
+	// error. The answer is `201` with `{"created": n}`, or, with
+	// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+	// order of the file (ids ascending), sent once they are committed: if
+	// that stream is cut, the rows are stored all the same. An import
+	// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+	// look up one of its names before sending it again.
 	//
 	// **Idempotency-Key.** With this header the create runs at most once
 	// per key. The first request with a key stores the key, a fingerprint
@@ -680,7 +776,30 @@ type ClientInterface interface {
 	//   (defaults: 10,000 items and 4 MiB).
 	//
 	// The request `Content-Type` must be `application/json` (a `charset`
-	// parameter is accepted).
+	// parameter is accepted), or one of an import's.
+	//
+	// **Import.** A body of `Content-Type: application/x-ndjson` (one
+	// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+	// naming the one column `name`, then one name a record, quoted when it
+	// holds a comma, a quote or a line break; CRLF or LF line ends; what
+	// `GET /tests` exports as CSV, less its `id` column, imports back byte
+	// for byte) creates every row in one transaction, all or nothing. It
+	// is read as a stream, so its size is bounded only by
+	// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+	// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+	// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+	// lines are skipped. Each item is judged by the rules of a POST item;
+	// errors name the line (`line`: the 1-based line of the body where the
+	// item starts; a CSV header is line 1): a malformed line is a `400`
+	// at the first one; invalid names a `422` listing up to 100 problems
+	// (the detail counts them all); the first line whose name is taken,
+	// or repeats an earlier line's, a `409`. Nothing is stored on any
+	// error. The answer is `201` with `{"created": n}`, or, with
+	// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+	// order of the file (ids ascending), sent once they are committed: if
+	// that stream is cut, the rows are stored all the same. An import
+	// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+	// look up one of its names before sending it again.
 	//
 	// **Idempotency-Key.** With this header the create runs at most once
 	// per key. The first request with a key stores the key, a fingerprint
@@ -724,6 +843,19 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /tests/{id} (the `GetTest` operationId).
 	GetTest(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PreflightTest CORS preflight for /tests/{id}
+	//
+	// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+	// method is a `405`). Answers a CORS preflight per the Fetch standard:
+	// from an allowed origin, for a method and request headers the API
+	// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+	// and `-Max-Age`; otherwise without them, which the browser takes as
+	// a refusal. Writes need no token here: browsers send none with a
+	// preflight.
+	//
+	// Corresponds with OPTIONS /tests/{id} (the `PreflightTest` operationId).
+	PreflightTest(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RenameTestWithBody Rename a test
 	//
@@ -970,9 +1102,43 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 // before the end of the chunked body, so a client never takes a partial
 // export for a whole one.
 //
+// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
+// (RFC 7240), a JSON page (and its `304`) carries the number of tests
+// in `X-Total-Count` and the kind of count in `Preference-Applied`. An
+// exact count scans the table, within `REQUEST_TIMEOUT` (then `503`);
+// an estimate is the database's statistics (`pg_class.reltuples`, as of
+// the last ANALYZE or VACUUM), one catalog read whatever the size. A
+// table without statistics yet (never analyzed: `-1` on PostgreSQL 14+)
+// gets the exact count, with `Preference-Applied: count=exact`. With
+// `name` the count is of the rows of that name (0 or 1). Exports ignore
+// the preference.
+//
 // Corresponds with GET /tests (the `ListTests` operationId).
 func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListTestsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PreflightTests CORS preflight for /tests
+//
+// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+// method is a `405`). Answers a CORS preflight per the Fetch standard:
+// from an allowed origin, for a method and request headers the API
+// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+// and `-Max-Age`; otherwise without them, which the browser takes as
+// a refusal. Writes need no token here: browsers send none with a
+// preflight.
+//
+// Corresponds with OPTIONS /tests (the `PreflightTests` operationId).
+func (c *Client) PreflightTests(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPreflightTestsRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -998,7 +1164,30 @@ func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEdit
 //     (defaults: 10,000 items and 4 MiB).
 //
 // The request `Content-Type` must be `application/json` (a `charset`
-// parameter is accepted).
+// parameter is accepted), or one of an import's.
+//
+// **Import.** A body of `Content-Type: application/x-ndjson` (one
+// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+// naming the one column `name`, then one name a record, quoted when it
+// holds a comma, a quote or a line break; CRLF or LF line ends; what
+// `GET /tests` exports as CSV, less its `id` column, imports back byte
+// for byte) creates every row in one transaction, all or nothing. It
+// is read as a stream, so its size is bounded only by
+// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+// lines are skipped. Each item is judged by the rules of a POST item;
+// errors name the line (`line`: the 1-based line of the body where the
+// item starts; a CSV header is line 1): a malformed line is a `400`
+// at the first one; invalid names a `422` listing up to 100 problems
+// (the detail counts them all); the first line whose name is taken,
+// or repeats an earlier line's, a `409`. Nothing is stored on any
+// error. The answer is `201` with `{"created": n}`, or, with
+// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+// order of the file (ids ascending), sent once they are committed: if
+// that stream is cut, the rows are stored all the same. An import
+// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+// look up one of its names before sending it again.
 //
 // **Idempotency-Key.** With this header the create runs at most once
 // per key. The first request with a key stores the key, a fingerprint
@@ -1049,7 +1238,30 @@ func (c *Client) CreateTestsWithBody(ctx context.Context, params *CreateTestsPar
 //     (defaults: 10,000 items and 4 MiB).
 //
 // The request `Content-Type` must be `application/json` (a `charset`
-// parameter is accepted).
+// parameter is accepted), or one of an import's.
+//
+// **Import.** A body of `Content-Type: application/x-ndjson` (one
+// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+// naming the one column `name`, then one name a record, quoted when it
+// holds a comma, a quote or a line break; CRLF or LF line ends; what
+// `GET /tests` exports as CSV, less its `id` column, imports back byte
+// for byte) creates every row in one transaction, all or nothing. It
+// is read as a stream, so its size is bounded only by
+// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+// lines are skipped. Each item is judged by the rules of a POST item;
+// errors name the line (`line`: the 1-based line of the body where the
+// item starts; a CSV header is line 1): a malformed line is a `400`
+// at the first one; invalid names a `422` listing up to 100 problems
+// (the detail counts them all); the first line whose name is taken,
+// or repeats an earlier line's, a `409`. Nothing is stored on any
+// error. The answer is `201` with `{"created": n}`, or, with
+// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+// order of the file (ids ascending), sent once they are committed: if
+// that stream is cut, the rows are stored all the same. An import
+// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+// look up one of its names before sending it again.
 //
 // **Idempotency-Key.** With this header the create runs at most once
 // per key. The first request with a key stores the key, a fingerprint
@@ -1114,6 +1326,29 @@ func (c *Client) DeleteTest(ctx context.Context, id TestId, params *DeleteTestPa
 // Corresponds with GET /tests/{id} (the `GetTest` operationId).
 func (c *Client) GetTest(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetTestRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PreflightTest CORS preflight for /tests/{id}
+//
+// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+// method is a `405`). Answers a CORS preflight per the Fetch standard:
+// from an allowed origin, for a method and request headers the API
+// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+// and `-Max-Age`; otherwise without them, which the browser takes as
+// a refusal. Writes need no token here: browsers send none with a
+// preflight.
+//
+// Corresponds with OPTIONS /tests/{id} (the `PreflightTest` operationId).
+func (c *Client) PreflightTest(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPreflightTestRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -1513,6 +1748,44 @@ func NewListTestsRequest(server string, params *ListTestsParams) (*http.Request,
 			req.Header.Set("If-None-Match", headerParam0)
 		}
 
+		if params.Prefer != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "Prefer", *params.Prefer, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Prefer", headerParam1)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewPreflightTestsRequest constructs an http.Request for the PreflightTests method
+func NewPreflightTestsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/tests")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodOptions, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
 	}
 
 	return req, nil
@@ -1666,6 +1939,40 @@ func NewGetTestRequest(server string, id TestId, params *GetTestParams) (*http.R
 			req.Header.Set("If-None-Match", headerParam0)
 		}
 
+	}
+
+	return req, nil
+}
+
+// NewPreflightTestRequest constructs an http.Request for the PreflightTest method
+func NewPreflightTestRequest(server string, id TestId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/tests/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodOptions, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
 	}
 
 	return req, nil
@@ -1912,10 +2219,36 @@ type ClientWithResponsesInterface interface {
 	// before the end of the chunked body, so a client never takes a partial
 	// export for a whole one.
 	//
+	// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
+	// (RFC 7240), a JSON page (and its `304`) carries the number of tests
+	// in `X-Total-Count` and the kind of count in `Preference-Applied`. An
+	// exact count scans the table, within `REQUEST_TIMEOUT` (then `503`);
+	// an estimate is the database's statistics (`pg_class.reltuples`, as of
+	// the last ANALYZE or VACUUM), one catalog read whatever the size. A
+	// table without statistics yet (never analyzed: `-1` on PostgreSQL 14+)
+	// gets the exact count, with `Preference-Applied: count=exact`. With
+	// `name` the count is of the rows of that name (0 or 1). Exports ignore
+	// the preference.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTestsWithResponse(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*ListTestsResponse, error)
+
+	// PreflightTestsWithResponse CORS preflight for /tests
+	//
+	// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+	// method is a `405`). Answers a CORS preflight per the Fetch standard:
+	// from an allowed origin, for a method and request headers the API
+	// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+	// and `-Max-Age`; otherwise without them, which the browser takes as
+	// a refusal. Writes need no token here: browsers send none with a
+	// preflight.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with OPTIONS /tests (the `PreflightTests` operationId).
+	PreflightTestsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*PreflightTestsResponse, error)
 
 	// CreateTestsWithBodyWithResponse Create one or more tests
 	//
@@ -1932,7 +2265,30 @@ type ClientWithResponsesInterface interface {
 	//   (defaults: 10,000 items and 4 MiB).
 	//
 	// The request `Content-Type` must be `application/json` (a `charset`
-	// parameter is accepted).
+	// parameter is accepted), or one of an import's.
+	//
+	// **Import.** A body of `Content-Type: application/x-ndjson` (one
+	// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+	// naming the one column `name`, then one name a record, quoted when it
+	// holds a comma, a quote or a line break; CRLF or LF line ends; what
+	// `GET /tests` exports as CSV, less its `id` column, imports back byte
+	// for byte) creates every row in one transaction, all or nothing. It
+	// is read as a stream, so its size is bounded only by
+	// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+	// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+	// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+	// lines are skipped. Each item is judged by the rules of a POST item;
+	// errors name the line (`line`: the 1-based line of the body where the
+	// item starts; a CSV header is line 1): a malformed line is a `400`
+	// at the first one; invalid names a `422` listing up to 100 problems
+	// (the detail counts them all); the first line whose name is taken,
+	// or repeats an earlier line's, a `409`. Nothing is stored on any
+	// error. The answer is `201` with `{"created": n}`, or, with
+	// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+	// order of the file (ids ascending), sent once they are committed: if
+	// that stream is cut, the rows are stored all the same. An import
+	// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+	// look up one of its names before sending it again.
 	//
 	// **Idempotency-Key.** With this header the create runs at most once
 	// per key. The first request with a key stores the key, a fingerprint
@@ -1973,7 +2329,30 @@ type ClientWithResponsesInterface interface {
 	//   (defaults: 10,000 items and 4 MiB).
 	//
 	// The request `Content-Type` must be `application/json` (a `charset`
-	// parameter is accepted).
+	// parameter is accepted), or one of an import's.
+	//
+	// **Import.** A body of `Content-Type: application/x-ndjson` (one
+	// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+	// naming the one column `name`, then one name a record, quoted when it
+	// holds a comma, a quote or a line break; CRLF or LF line ends; what
+	// `GET /tests` exports as CSV, less its `id` column, imports back byte
+	// for byte) creates every row in one transaction, all or nothing. It
+	// is read as a stream, so its size is bounded only by
+	// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+	// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+	// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+	// lines are skipped. Each item is judged by the rules of a POST item;
+	// errors name the line (`line`: the 1-based line of the body where the
+	// item starts; a CSV header is line 1): a malformed line is a `400`
+	// at the first one; invalid names a `422` listing up to 100 problems
+	// (the detail counts them all); the first line whose name is taken,
+	// or repeats an earlier line's, a `409`. Nothing is stored on any
+	// error. The answer is `201` with `{"created": n}`, or, with
+	// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+	// order of the file (ids ascending), sent once they are committed: if
+	// that stream is cut, the rows are stored all the same. An import
+	// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+	// look up one of its names before sending it again.
 	//
 	// **Idempotency-Key.** With this header the create runs at most once
 	// per key. The first request with a key stores the key, a fingerprint
@@ -2021,6 +2400,21 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /tests/{id} (the `GetTest` operationId).
 	GetTestWithResponse(ctx context.Context, id TestId, params *GetTestParams, reqEditors ...RequestEditorFn) (*GetTestResponse, error)
+
+	// PreflightTestWithResponse CORS preflight for /tests/{id}
+	//
+	// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+	// method is a `405`). Answers a CORS preflight per the Fetch standard:
+	// from an allowed origin, for a method and request headers the API
+	// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+	// and `-Max-Age`; otherwise without them, which the browser takes as
+	// a refusal. Writes need no token here: browsers send none with a
+	// preflight.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with OPTIONS /tests/{id} (the `PreflightTest` operationId).
+	PreflightTestWithResponse(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*PreflightTestResponse, error)
 
 	// RenameTestWithBodyWithResponse Rename a test
 	//
@@ -2580,15 +2974,19 @@ func (r ReadyzResponse) ContentType() string {
 
 // ListTestsResponse200Headers the declared response headers of an HTTP 200 response for ListTests
 type ListTestsResponse200Headers struct {
-	ETag       *string
-	Link       *string
-	XRequestId string
+	ETag              *string
+	Link              *string
+	PreferenceApplied *string
+	XRequestId        string
+	XTotalCount       *int64
 }
 
 // ListTestsResponse304Headers the declared response headers of an HTTP 304 response for ListTests
 type ListTestsResponse304Headers struct {
-	ETag       string
-	XRequestId string
+	ETag              string
+	PreferenceApplied *string
+	XRequestId        string
+	XTotalCount       *int64
 }
 
 // ListTestsResponse400Headers the declared response headers of an HTTP 400 response for ListTests
@@ -2693,6 +3091,67 @@ func (r ListTestsResponse) ContentType() string {
 	return ""
 }
 
+// PreflightTestsResponse204Headers the declared response headers of an HTTP 204 response for PreflightTests
+type PreflightTestsResponse204Headers struct {
+	AccessControlAllowHeaders *string
+	AccessControlAllowMethods *string
+	AccessControlAllowOrigin  *string
+	AccessControlMaxAge       *int
+	Allow                     *string
+	XRequestId                string
+}
+
+// PreflightTestsResponse405Headers the declared response headers of an HTTP 405 response for PreflightTests
+type PreflightTestsResponse405Headers struct {
+	Allow      *string
+	XRequestId string
+}
+
+type PreflightTestsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *Problem
+	// Headers204 the parsed response headers for an HTTP 204 response
+	Headers204 *PreflightTestsResponse204Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *PreflightTestsResponse405Headers
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r PreflightTestsResponse) GetApplicationproblemJSON405() *Problem {
+	return r.ApplicationproblemJSON405
+}
+
+// GetBody returns the raw response body bytes
+func (r PreflightTestsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PreflightTestsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PreflightTestsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PreflightTestsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // CreateTestsResponse201Headers the declared response headers of an HTTP 201 response for CreateTests
 type CreateTestsResponse201Headers struct {
 	Location   *string
@@ -2708,6 +3167,11 @@ type CreateTestsResponse400Headers struct {
 type CreateTestsResponse401Headers struct {
 	WWWAuthenticate string
 	XRequestId      string
+}
+
+// CreateTestsResponse406Headers the declared response headers of an HTTP 406 response for CreateTests
+type CreateTestsResponse406Headers struct {
+	XRequestId string
 }
 
 // CreateTestsResponse409Headers the declared response headers of an HTTP 409 response for CreateTests
@@ -2751,6 +3215,8 @@ type CreateTestsResponse struct {
 	ApplicationproblemJSON400 *BadRequest
 	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
 	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON406 the response for an HTTP 406 `application/problem+json` response
+	ApplicationproblemJSON406 *NotAcceptable
 	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
 	ApplicationproblemJSON409 *Conflict
 	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
@@ -2769,6 +3235,8 @@ type CreateTestsResponse struct {
 	Headers400 *CreateTestsResponse400Headers
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *CreateTestsResponse401Headers
+	// Headers406 the parsed response headers for an HTTP 406 response
+	Headers406 *CreateTestsResponse406Headers
 	// Headers409 the parsed response headers for an HTTP 409 response
 	Headers409 *CreateTestsResponse409Headers
 	// Headers413 the parsed response headers for an HTTP 413 response
@@ -2796,6 +3264,11 @@ func (r CreateTestsResponse) GetApplicationproblemJSON400() *BadRequest {
 // GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
 func (r CreateTestsResponse) GetApplicationproblemJSON401() *Unauthorized {
 	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON406 returns the response for an HTTP 406 `application/problem+json` response
+func (r CreateTestsResponse) GetApplicationproblemJSON406() *NotAcceptable {
+	return r.ApplicationproblemJSON406
 }
 
 // GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
@@ -2992,8 +3465,10 @@ type GetTestResponse200Headers struct {
 
 // GetTestResponse304Headers the declared response headers of an HTTP 304 response for GetTest
 type GetTestResponse304Headers struct {
-	ETag       string
-	XRequestId string
+	ETag              string
+	PreferenceApplied *string
+	XRequestId        string
+	XTotalCount       *int64
 }
 
 // GetTestResponse400Headers the declared response headers of an HTTP 400 response for GetTest
@@ -3092,6 +3567,67 @@ func (r GetTestResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetTestResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// PreflightTestResponse204Headers the declared response headers of an HTTP 204 response for PreflightTest
+type PreflightTestResponse204Headers struct {
+	AccessControlAllowHeaders *string
+	AccessControlAllowMethods *string
+	AccessControlAllowOrigin  *string
+	AccessControlMaxAge       *int
+	Allow                     *string
+	XRequestId                string
+}
+
+// PreflightTestResponse405Headers the declared response headers of an HTTP 405 response for PreflightTest
+type PreflightTestResponse405Headers struct {
+	Allow      *string
+	XRequestId string
+}
+
+type PreflightTestResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON405 the response for an HTTP 405 `application/problem+json` response
+	ApplicationproblemJSON405 *Problem
+	// Headers204 the parsed response headers for an HTTP 204 response
+	Headers204 *PreflightTestResponse204Headers
+	// Headers405 the parsed response headers for an HTTP 405 response
+	Headers405 *PreflightTestResponse405Headers
+}
+
+// GetApplicationproblemJSON405 returns the response for an HTTP 405 `application/problem+json` response
+func (r PreflightTestResponse) GetApplicationproblemJSON405() *Problem {
+	return r.ApplicationproblemJSON405
+}
+
+// GetBody returns the raw response body bytes
+func (r PreflightTestResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PreflightTestResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PreflightTestResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PreflightTestResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3445,6 +3981,17 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 // before the end of the chunked body, so a client never takes a partial
 // export for a whole one.
 //
+// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
+// (RFC 7240), a JSON page (and its `304`) carries the number of tests
+// in `X-Total-Count` and the kind of count in `Preference-Applied`. An
+// exact count scans the table, within `REQUEST_TIMEOUT` (then `503`);
+// an estimate is the database's statistics (`pg_class.reltuples`, as of
+// the last ANALYZE or VACUUM), one catalog read whatever the size. A
+// table without statistics yet (never analyzed: `-1` on PostgreSQL 14+)
+// gets the exact count, with `Preference-Applied: count=exact`. With
+// `name` the count is of the rows of that name (0 or 1). Exports ignore
+// the preference.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /tests (the `ListTests` operationId).
@@ -3454,6 +4001,27 @@ func (c *ClientWithResponses) ListTestsWithResponse(ctx context.Context, params 
 		return nil, err
 	}
 	return ParseListTestsResponse(rsp)
+}
+
+// PreflightTestsWithResponse CORS preflight for /tests
+//
+// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+// method is a `405`). Answers a CORS preflight per the Fetch standard:
+// from an allowed origin, for a method and request headers the API
+// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+// and `-Max-Age`; otherwise without them, which the browser takes as
+// a refusal. Writes need no token here: browsers send none with a
+// preflight.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with OPTIONS /tests (the `PreflightTests` operationId).
+func (c *ClientWithResponses) PreflightTestsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*PreflightTestsResponse, error) {
+	rsp, err := c.PreflightTests(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePreflightTestsResponse(rsp)
 }
 
 // CreateTestsWithBodyWithResponse Create one or more tests
@@ -3471,7 +4039,30 @@ func (c *ClientWithResponses) ListTestsWithResponse(ctx context.Context, params 
 //     (defaults: 10,000 items and 4 MiB).
 //
 // The request `Content-Type` must be `application/json` (a `charset`
-// parameter is accepted).
+// parameter is accepted), or one of an import's.
+//
+// **Import.** A body of `Content-Type: application/x-ndjson` (one
+// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+// naming the one column `name`, then one name a record, quoted when it
+// holds a comma, a quote or a line break; CRLF or LF line ends; what
+// `GET /tests` exports as CSV, less its `id` column, imports back byte
+// for byte) creates every row in one transaction, all or nothing. It
+// is read as a stream, so its size is bounded only by
+// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+// lines are skipped. Each item is judged by the rules of a POST item;
+// errors name the line (`line`: the 1-based line of the body where the
+// item starts; a CSV header is line 1): a malformed line is a `400`
+// at the first one; invalid names a `422` listing up to 100 problems
+// (the detail counts them all); the first line whose name is taken,
+// or repeats an earlier line's, a `409`. Nothing is stored on any
+// error. The answer is `201` with `{"created": n}`, or, with
+// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+// order of the file (ids ascending), sent once they are committed: if
+// that stream is cut, the rows are stored all the same. An import
+// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+// look up one of its names before sending it again.
 //
 // **Idempotency-Key.** With this header the create runs at most once
 // per key. The first request with a key stores the key, a fingerprint
@@ -3518,7 +4109,30 @@ func (c *ClientWithResponses) CreateTestsWithBodyWithResponse(ctx context.Contex
 //     (defaults: 10,000 items and 4 MiB).
 //
 // The request `Content-Type` must be `application/json` (a `charset`
-// parameter is accepted).
+// parameter is accepted), or one of an import's.
+//
+// **Import.** A body of `Content-Type: application/x-ndjson` (one
+// `NewTest` object a line) or `text/csv` (RFC 4180: a header row
+// naming the one column `name`, then one name a record, quoted when it
+// holds a comma, a quote or a line break; CRLF or LF line ends; what
+// `GET /tests` exports as CSV, less its `id` column, imports back byte
+// for byte) creates every row in one transaction, all or nothing. It
+// is read as a stream, so its size is bounded only by
+// `IMPORT_MAX_BYTES` (default 1 GiB), not by `MAX_BODY_BYTES` or
+// `MAX_BATCH`, and not by `REQUEST_TIMEOUT`: reading it may take as
+// long as bytes keep coming (each read within `READ_TIMEOUT`). Blank
+// lines are skipped. Each item is judged by the rules of a POST item;
+// errors name the line (`line`: the 1-based line of the body where the
+// item starts; a CSV header is line 1): a malformed line is a `400`
+// at the first one; invalid names a `422` listing up to 100 problems
+// (the detail counts them all); the first line whose name is taken,
+// or repeats an earlier line's, a `409`. Nothing is stored on any
+// error. The answer is `201` with `{"created": n}`, or, with
+// `Accept: application/x-ndjson`, the created tests as NDJSON in the
+// order of the file (ids ascending), sent once they are committed: if
+// that stream is cut, the rows are stored all the same. An import
+// takes no `Idempotency-Key` (a `400`): after a `503` or no answer,
+// look up one of its names before sending it again.
 //
 // **Idempotency-Key.** With this header the create runs at most once
 // per key. The first request with a key stores the key, a fingerprint
@@ -3583,6 +4197,27 @@ func (c *ClientWithResponses) GetTestWithResponse(ctx context.Context, id TestId
 		return nil, err
 	}
 	return ParseGetTestResponse(rsp)
+}
+
+// PreflightTestWithResponse CORS preflight for /tests/{id}
+//
+// Only when CORS is on (`CORS_ALLOWED_ORIGINS` set; without it this
+// method is a `405`). Answers a CORS preflight per the Fetch standard:
+// from an allowed origin, for a method and request headers the API
+// takes, with `Access-Control-Allow-Origin`, `-Methods`, `-Headers`
+// and `-Max-Age`; otherwise without them, which the browser takes as
+// a refusal. Writes need no token here: browsers send none with a
+// preflight.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with OPTIONS /tests/{id} (the `PreflightTest` operationId).
+func (c *ClientWithResponses) PreflightTestWithResponse(ctx context.Context, id TestId, reqEditors ...RequestEditorFn) (*PreflightTestResponse, error) {
+	rsp, err := c.PreflightTest(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePreflightTestResponse(rsp)
 }
 
 // RenameTestWithBodyWithResponse Rename a test
@@ -4241,12 +4876,26 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 			}
 			headers.Link = &value
 		}
+		if values := rsp.Header.Values("Preference-Applied"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Preference-Applied", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.PreferenceApplied = &value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
 			headers.XRequestId = value
+		}
+		if values := rsp.Header.Values("X-Total-Count"); len(values) > 0 {
+			var value int64
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Total-Count", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			}
+			headers.XTotalCount = &value
 		}
 		response.Headers200 = &headers
 	case rsp.StatusCode == 304:
@@ -4258,12 +4907,26 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 			}
 			headers.ETag = value
 		}
+		if values := rsp.Header.Values("Preference-Applied"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Preference-Applied", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.PreferenceApplied = &value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
 			headers.XRequestId = value
+		}
+		if values := rsp.Header.Values("X-Total-Count"); len(values) > 0 {
+			var value int64
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Total-Count", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			}
+			headers.XTotalCount = &value
 		}
 		response.Headers304 = &headers
 	case rsp.StatusCode == 400:
@@ -4318,6 +4981,100 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 	return response, nil
 }
 
+// ParsePreflightTestsResponse parses an HTTP response from a PreflightTestsWithResponse call
+func ParsePreflightTestsResponse(rsp *http.Response) (*PreflightTestsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PreflightTestsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		var headers PreflightTestsResponse204Headers
+		if values := rsp.Header.Values("Access-Control-Allow-Headers"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Headers", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowHeaders = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Allow-Methods"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Methods", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowMethods = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Allow-Origin"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Origin", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowOrigin = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Max-Age"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Max-Age", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlMaxAge = &value
+		}
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers204 = &headers
+	case rsp.StatusCode == 405:
+		var headers PreflightTestsResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers405 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseCreateTestsResponse parses an HTTP response from a CreateTestsWithResponse call
 func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -4352,6 +5109,13 @@ func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) 
 			return nil, err
 		}
 		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 406:
+		var dest NotAcceptable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON406 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
 		var dest Conflict
@@ -4394,6 +5158,9 @@ func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) 
 			return nil, err
 		}
 		response.ApplicationproblemJSON503 = &dest
+
+	case rsp.StatusCode == 201:
+		// Content-type (application/x-ndjson) unsupported
 
 	}
 
@@ -4442,6 +5209,16 @@ func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) 
 			headers.XRequestId = value
 		}
 		response.Headers401 = &headers
+	case rsp.StatusCode == 406:
+		var headers CreateTestsResponse406Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers406 = &headers
 	case rsp.StatusCode == 409:
 		var headers CreateTestsResponse409Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
@@ -4753,12 +5530,26 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 			}
 			headers.ETag = value
 		}
+		if values := rsp.Header.Values("Preference-Applied"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Preference-Applied", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.PreferenceApplied = &value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			}
 			headers.XRequestId = value
+		}
+		if values := rsp.Header.Values("X-Total-Count"); len(values) > 0 {
+			var value int64
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Total-Count", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			}
+			headers.XTotalCount = &value
 		}
 		response.Headers304 = &headers
 	case rsp.StatusCode == 400:
@@ -4808,6 +5599,100 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 			headers.XRequestId = value
 		}
 		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParsePreflightTestResponse parses an HTTP response from a PreflightTestWithResponse call
+func ParsePreflightTestResponse(rsp *http.Response) (*PreflightTestResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PreflightTestResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 405:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON405 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		var headers PreflightTestResponse204Headers
+		if values := rsp.Header.Values("Access-Control-Allow-Headers"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Headers", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowHeaders = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Allow-Methods"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Methods", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowMethods = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Allow-Origin"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Allow-Origin", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlAllowOrigin = &value
+		}
+		if values := rsp.Header.Values("Access-Control-Max-Age"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Access-Control-Max-Age", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AccessControlMaxAge = &value
+		}
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers204 = &headers
+	case rsp.StatusCode == 405:
+		var headers PreflightTestResponse405Headers
+		if values := rsp.Header.Values("Allow"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Allow", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Allow = &value
+		}
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers405 = &headers
 	}
 
 	return response, nil
