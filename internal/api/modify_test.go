@@ -354,6 +354,9 @@ func TestListByName(t *testing.T) {
 		{"name=Bob&after=1", []test{}},
 		{"name=Ann&after=1&limit=1", []test{{2, "Ann"}}},
 		{"name=", []test{}},
+		// after beyond any integer id: no row, not a database error.
+		{"name=Bob&after=2147483647", []test{}},
+		{"name=Bob&after=9223372036854775807", []test{}},
 	} {
 		t.Run(tc.query, func(t *testing.T) {
 			res := do(t, e.h, "GET", "/tests?"+tc.query, "")
@@ -369,6 +372,9 @@ func TestListByName(t *testing.T) {
 	}
 	if res := do(t, e.h, "GET", "/tests?name=Ann", "", "Accept", "text/csv"); string(res.body) != "id,name\r\n2,Ann\r\n" {
 		t.Errorf("CSV by name: %q", res.body)
+	}
+	if res := do(t, e.h, "GET", "/tests?name=Bob&after=9223372036854775807", "", "Accept", "application/x-ndjson"); res.status != http.StatusOK || len(res.body) != 0 {
+		t.Errorf("NDJSON by name after the largest id: %d %q", res.status, res.body)
 	}
 	if res := do(t, e.h, "GET", "/tests?name=Nobody", "", "Accept", "application/x-ndjson"); res.status != http.StatusOK || len(res.body) != 0 {
 		t.Errorf("NDJSON by a name nobody has: %d %q", res.status, res.body)

@@ -356,6 +356,11 @@ func (s *Store) FindByName(ctx context.Context, name string, after int64) ([]Tes
 	if !s.ready.Load() {
 		return nil, errNotMigrated
 	}
+	if after >= math.MaxInt32 {
+		// No integer id is greater, and the driver could not send after
+		// as the integer the query compares id with.
+		return []Test{}, nil
+	}
 	const q = `
 SELECT ` + testColumns + `
 FROM test
