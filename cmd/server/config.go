@@ -170,7 +170,7 @@ func validOrigins(origins []string) bool {
 	return true
 }
 
-// apiToken returns the token POST requires: API_TOKEN's value, or the
+// apiToken returns the token the writes require: API_TOKEN's value, or the
 // content of the file API_TOKEN_FILE names with its trailing newline
 // trimmed (a Docker or Kubernetes secret); "" when neither is set. No error
 // shows the token.

@@ -8,9 +8,9 @@ import (
 	"strings"
 )
 
-// RequireToken makes POST /tests require the header
-// "Authorization: Bearer <token>"; reads stay open. Without this option
-// writes are open too.
+// RequireToken makes the writes (POST /tests, PATCH and DELETE
+// /tests/{id}) require the header "Authorization: Bearer <token>"; reads
+// stay open. Without this option writes are open too.
 func RequireToken(token string) Option {
 	return func(o *options) { o.token = token }
 }

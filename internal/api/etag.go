@@ -24,13 +24,19 @@ func etagOf(body []byte) string {
 }
 
 // etagList splits an If-Match or If-None-Match value into its entity tags,
-// or reports "*"; a malformed list gives ok false.
+// or reports "*"; a malformed list gives ok false. Empty list elements
+// (", ,") are skipped, as RFC 9110 §5.6.1.2 requires of a recipient: a
+// sender or proxy that merges fields leaves them.
 func etagList(v string) (tags []string, any, ok bool) {
 	v = strings.TrimSpace(v)
 	if v == "*" {
 		return nil, true, true
 	}
 	for v != "" {
+		if v[0] == ',' {
+			v = strings.TrimLeft(v[1:], " \t")
+			continue
+		}
 		weak := strings.HasPrefix(v, "W/")
 		rest := strings.TrimPrefix(v, "W/")
 		if !strings.HasPrefix(rest, `"`) {
@@ -46,13 +52,9 @@ func etagList(v string) (tags []string, any, ok bool) {
 		}
 		tags = append(tags, tag)
 		v = strings.TrimLeft(rest[end+2:], " \t")
-		if v == "" {
-			break
-		}
-		if v[0] != ',' {
+		if v != "" && v[0] != ',' {
 			return nil, false, false
 		}
-		v = strings.TrimLeft(v[1:], " \t")
 	}
 	return tags, false, len(tags) > 0
 }

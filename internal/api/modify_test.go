@@ -40,7 +40,9 @@ func TestETag(t *testing.T) {
 		if other := do(t, e.h, "GET", "/tests/2", "").header.Get("ETag"); other == etag {
 			t.Errorf("two rows share the ETag %s", etag)
 		}
-		for _, inm := range []string{etag, "W/" + etag, `"x", ` + etag, "*"} {
+		// RFC 9110 §5.6.1.2: a recipient must ignore empty list elements
+		// (a sender that merged two fields leaves them).
+		for _, inm := range []string{etag, "W/" + etag, `"x", ` + etag, "*", `, ` + etag, `"x", ,` + etag + `,`} {
 			res := do(t, e.h, "GET", "/tests/1", "", "If-None-Match", inm)
 			if res.status != http.StatusNotModified || len(res.body) != 0 || res.header.Get("ETag") != etag {
 				t.Errorf("If-None-Match %s: %d %q ETag %q, want 304 without a body", inm, res.status, res.body, res.header.Get("ETag"))
@@ -166,6 +168,11 @@ func TestIfMatch(t *testing.T) {
 		}
 		problemOf(t, rename(t, e.h, "/tests/1", `{"name": "Bobby"}`, "If-Match", etag), http.StatusPreconditionFailed)
 		etag = res.header.Get("ETag")
+		// Empty list elements are ignored (RFC 9110 §5.6.1.2), not a 400.
+		again := rename(t, e.h, "/tests/1", `{"name": "Robert"}`, "If-Match", `, "x", , `+etag)
+		if again.status != http.StatusOK {
+			t.Fatalf("If-Match with empty list elements: %d %s", again.status, again.body)
+		}
 	})
 	t.Run("Star", func(t *testing.T) {
 		problemOf(t, rename(t, e.h, "/tests/999", `{"name": "X"}`, "If-Match", "*"), http.StatusNotFound)
@@ -354,6 +361,9 @@ func TestListByName(t *testing.T) {
 		{"name=Bob&after=1", []test{}},
 		{"name=Ann&after=1&limit=1", []test{{2, "Ann"}}},
 		{"name=", []test{}},
+		// after beyond any integer id: no row, not a database error.
+		{"name=Bob&after=2147483647", []test{}},
+		{"name=Bob&after=9223372036854775807", []test{}},
 	} {
 		t.Run(tc.query, func(t *testing.T) {
 			res := do(t, e.h, "GET", "/tests?"+tc.query, "")
@@ -369,6 +379,9 @@ func TestListByName(t *testing.T) {
 	}
 	if res := do(t, e.h, "GET", "/tests?name=Ann", "", "Accept", "text/csv"); string(res.body) != "id,name\r\n2,Ann\r\n" {
 		t.Errorf("CSV by name: %q", res.body)
+	}
+	if res := do(t, e.h, "GET", "/tests?name=Bob&after=9223372036854775807", "", "Accept", "application/x-ndjson"); res.status != http.StatusOK || len(res.body) != 0 {
+		t.Errorf("NDJSON by name after the largest id: %d %q", res.status, res.body)
 	}
 	if res := do(t, e.h, "GET", "/tests?name=Nobody", "", "Accept", "application/x-ndjson"); res.status != http.StatusOK || len(res.body) != 0 {
 		t.Errorf("NDJSON by a name nobody has: %d %q", res.status, res.body)

@@ -63,7 +63,7 @@ func (l Limits) exportStallTimeout() time.Duration {
 type Option func(*options)
 
 type options struct {
-	token          string        // API token POST requires; "" means none
+	token          string        // API token the writes require; "" means none
 	idempotencyTTL time.Duration // how long an Idempotency-Key is remembered
 	metrics        *metrics.Metrics
 	serveMetrics   bool

@@ -238,9 +238,10 @@ func pathID(r *http.Request) (int64, error) {
 	return id, nil
 }
 
-// handleTestsList handles GET /tests: 200, 400, 406, 503. JSON answers one
-// keyset page; NDJSON and CSV stream every row from after on (or limit rows
-// when limit is given) as they come from the database.
+// handleTestsList handles GET /tests: 200, 304, 400, 406, 503. JSON answers
+// one keyset page (with its ETag, or a 304); NDJSON and CSV stream every
+// row from after on (or limit rows when limit is given) as they come from
+// the database; with name, either holds the one row of that name or none.
 func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 	exports := make(chan struct{}, lim.MaxExports)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

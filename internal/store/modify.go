@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -146,11 +145,6 @@ func (s *Store) classifyChange(err error) error {
 		return err
 	}
 	return s.classify(err)
-}
-
-// isUniqueViolation reports whether err is the server's unique_violation.
-func isUniqueViolation(err error) bool {
-	return sqlstate(err) == pgerrcode.UniqueViolation
 }
 
 // autocommitErr marks a database error of a change run as a statement of

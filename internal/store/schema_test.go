@@ -294,7 +294,7 @@ func TestMigrateUpToDate(t *testing.T) {
 }
 
 // TestMigrateLockErrorClosesConnection: when pg_advisory_lock answers an
-// error (here a statement timeout while another session holds the lock),
+// error (here a lock timeout while another session holds the lock),
 // the connection that asked is closed, not put back in the pool, since on
 // YugabyteDB it may hold the lock all the same (yugabyte-db#26105). A
 // dedicated server: the test holds the lock every instance on the shared
@@ -314,7 +314,10 @@ func TestMigrateLockErrorClosesConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "200"
+	// lock_timeout, not statement_timeout: it cuts only the wait for the
+	// lock, so the Migrate after the unlock is not failed by a statement
+	// that a busy machine runs in more than 200 ms.
+	cfg.ConnConfig.RuntimeParams["lock_timeout"] = "200"
 	pool, err := pgxpool.NewWithConfig(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +326,7 @@ func TestMigrateLockErrorClosesConnection(t *testing.T) {
 	st := store.New(pool)
 	_, _, err = st.Migrate(t.Context())
 	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "lock for schema") {
-		t.Fatalf("Migrate while the lock is held past statement_timeout: %v, want ErrUnavailable from the lock", err)
+		t.Fatalf("Migrate while the lock is held past lock_timeout: %v, want ErrUnavailable from the lock", err)
 	}
 	if n := pool.Stat().TotalConns(); n != 0 {
 		t.Fatalf("the pool keeps %d connections after the failed lock call, want the connection closed", n)

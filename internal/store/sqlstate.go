@@ -154,6 +154,12 @@ func commitInDoubt(msg string) bool {
 	return strings.Contains(msg, "updatetransaction") || strings.Contains(msg, "finishtransaction")
 }
 
+// isUniqueViolation reports whether err is the server's unique_violation (a
+// taken name, or an id taken by a row inserted with an explicit one).
+func isUniqueViolation(err error) bool {
+	return sqlstate(err) == pgerrcode.UniqueViolation
+}
+
 // sqlstate returns the SQLSTATE of the server's error in err's chain, or
 // "" when the server did not answer.
 func sqlstate(err error) string {

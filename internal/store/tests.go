@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -109,7 +108,7 @@ func insertAll(ctx context.Context, tx pgx.Tx, names []string) ([]Test, error) {
 		created, err = collectCreated(rows, names)
 		return err
 	})
-	if sqlstate(err) == pgerrcode.UniqueViolation {
+	if isUniqueViolation(err) {
 		// A taken name, or an id from the sequence that a row inserted
 		// with an explicit id already has. The error's constraint name
 		// would tell, but YugabyteDB does not always send it
@@ -355,6 +354,11 @@ func scanTest(row pgx.CollectableRow) (Test, error) {
 func (s *Store) FindByName(ctx context.Context, name string, after int64) ([]Test, error) {
 	if !s.ready.Load() {
 		return nil, errNotMigrated
+	}
+	if after >= math.MaxInt32 {
+		// No integer id is greater, and the driver could not send after
+		// as the integer the query compares id with.
+		return []Test{}, nil
 	}
 	const q = `
 SELECT ` + testColumns + `
