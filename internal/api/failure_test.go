@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -383,4 +385,91 @@ func (f failingStore) Import(context.Context, store.ImportSource, func(store.Tes
 func (f failingStore) Count(context.Context) (int64, error) { return 0, f.fail() }
 func (f failingStore) EstimateCount(context.Context) (int64, bool, error) {
 	return 0, false, f.fail()
+}
+
+// slowListener gives every accepted connection a small send buffer, so that
+// a client that stops reading blocks the server's writes at once instead of
+// after megabytes of kernel buffers.
+type slowListener struct{ net.Listener }
+
+func (l slowListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(4096)
+	}
+	return c, err
+}
+
+// TestExportClientStopsReading: a client that keeps its connection but
+// stops reading an export gets cut at the write timeout, and the export's
+// query ends then, not once it is read to its end: its export slot is free
+// at once, even when the rest of the result would take long to arrive (here
+// a slow link from the database, 256 KB/s, with several MB still to come).
+// What ends the query is net/http: a failed write to the client cancels the
+// request's context, which the query runs under.
+func TestExportClientStopsReading(t *testing.T) {
+	t.Parallel()
+	url := dbtest.NewSchema(t)
+	px := dbtest.NewProxy(t, url)
+	lim := testLimits
+	lim.MaxExports = 1
+	lim.WriteTimeout = 300 * time.Millisecond
+	lim.ExportStallTimeout = time.Minute // not the bound under test
+	e := mustEnvURL(t, px.URL(url), lim)
+	if _, err := e.pool.Exec(t.Context(), `INSERT INTO test (name) SELECT repeat('x', 100) || i FROM generate_series(1, 50000) AS i`); err != nil {
+		t.Fatal(err)
+	}
+	if err := px.Bandwidth(256); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(e.h)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = slowListener{ln}
+	srv.Start()
+	defer srv.Close()
+
+	// The reader that stops: it sends the request, reads a little, then
+	// keeps the connection open without reading.
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	conn, err := d.DialContext(t.Context(), "tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /tests HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, make([]byte, 1024)); err != nil {
+		t.Fatalf("the start of the export: %v", err)
+	}
+	stopped := time.Now()
+
+	// Another export gets the one slot once the first is cut: at the write
+	// timeout plus a little, not once the rest of the result has come
+	// over the slow link (20 s and more).
+	var status int
+	for time.Since(stopped) < 15*time.Second {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", srv.URL+"/tests?limit=1", nil)
+		req.Header.Set("Accept", "application/x-ndjson")
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if status = res.StatusCode; status == http.StatusOK {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	took := time.Since(stopped)
+	if status != http.StatusOK || took > 5*time.Second {
+		t.Fatalf("the next export got %d %s after the first client stopped reading; want 200 within 5 s (write timeout %s)", status, took.Round(time.Millisecond), lim.WriteTimeout)
+	}
+	t.Logf("the export slot was free %s after the client stopped reading", took.Round(time.Millisecond))
 }

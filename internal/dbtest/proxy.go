@@ -92,6 +92,12 @@ func (p *Proxy) Latency(d, jitter time.Duration) error {
 	return p.addBoth("latency", attrs)
 }
 
+// Bandwidth limits the data the database sends back to kbPerSec KB/s: a
+// slow link, or a client far away reading a large result.
+func (p *Proxy) Bandwidth(kbPerSec int64) error {
+	return p.add("bandwidth", "downstream", map[string]any{"rate": kbPerSec})
+}
+
 // Blackhole swallows all data both ways and keeps the connections open, as a host that vanished without a
 // reset does, until Clear. New connections are accepted and swallowed too.
 func (p *Proxy) Blackhole() error {
@@ -139,22 +145,30 @@ func (p *Proxy) Close() {
 
 // addBoth adds a toxic of the given type to both directions, replacing one of that type already there.
 func (p *Proxy) addBoth(kind string, attrs map[string]any) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	for _, dir := range []string{"upstream", "downstream"} {
-		name := kind + "_" + dir
-		if p.proxy.Toxics.GetToxic(name) != nil {
-			if err := p.proxy.Toxics.RemoveToxic(context.Background(), name); err != nil {
-				return fmt.Errorf("dbtest: proxy: remove %s: %w", name, err)
-			}
-		}
-		body, err := json.Marshal(map[string]any{"name": name, "type": kind, "stream": dir, "attributes": attrs})
-		if err != nil {
+		if err := p.add(kind, dir, attrs); err != nil {
 			return err
 		}
-		if _, err := p.proxy.Toxics.AddToxicJson(strings.NewReader(string(body))); err != nil {
-			return fmt.Errorf("dbtest: proxy: add %s: %w", name, err)
+	}
+	return nil
+}
+
+// add adds a toxic of the given type to one direction, replacing one of that type already there.
+func (p *Proxy) add(kind, dir string, attrs map[string]any) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	name := kind + "_" + dir
+	if p.proxy.Toxics.GetToxic(name) != nil {
+		if err := p.proxy.Toxics.RemoveToxic(context.Background(), name); err != nil {
+			return fmt.Errorf("dbtest: proxy: remove %s: %w", name, err)
 		}
+	}
+	body, err := json.Marshal(map[string]any{"name": name, "type": kind, "stream": dir, "attributes": attrs})
+	if err != nil {
+		return err
+	}
+	if _, err := p.proxy.Toxics.AddToxicJson(strings.NewReader(string(body))); err != nil {
+		return fmt.Errorf("dbtest: proxy: add %s: %w", name, err)
 	}
 	return nil
 }
