@@ -99,12 +99,7 @@ func TestRequestTimeout(t *testing.T) {
 	// holder's session remains for this schema's table.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		var waiting int
-		err := e.pool.QueryRow(t.Context(), `
-SELECT count(*)
-FROM pg_locks l
-JOIN pg_class c ON c.oid = l.relation
-WHERE c.relname = 'test' AND c.relnamespace = current_schema()::regnamespace AND NOT l.granted`).Scan(&waiting)
+		waiting, err := dbtest.LockWaits(t.Context(), e.pool, "test")
 		if err != nil {
 			t.Fatal(err)
 		}

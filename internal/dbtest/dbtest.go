@@ -584,3 +584,23 @@ func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) 
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Querier is what LockWaits runs its query on: a pgx connection, pool or transaction.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// LockWaits returns how many statements wait for a lock on table in the current schema (the test's own,
+// with NewSchema), so that a test can wait until its statements are blocked, or no longer are.
+func LockWaits(ctx context.Context, q Querier, table string) (int, error) {
+	const sql = `
+SELECT count(*)
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation
+WHERE c.relname = $1
+  AND c.relnamespace = current_schema()::regnamespace
+  AND NOT l.granted`
+	var n int
+	err := q.QueryRow(ctx, sql, table).Scan(&n)
+	return n, err
+}

@@ -182,12 +182,7 @@ WHERE locktype = 'transactionid' AND NOT granted
 // waitingForTable returns how many statements wait for a lock on this
 // schema's table test, -1 if it cannot tell.
 func (e *batchEnv) waitingForTable(t *testing.T) int {
-	var n int
-	err := e.pool.QueryRow(t.Context(), `
-SELECT count(*)
-FROM pg_locks l
-JOIN pg_class c ON c.oid = l.relation
-WHERE c.relname = 'test' AND c.relnamespace = current_schema()::regnamespace AND NOT l.granted`).Scan(&n)
+	n, err := dbtest.LockWaits(t.Context(), e.pool, "test")
 	if err != nil {
 		return -1
 	}
