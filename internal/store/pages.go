@@ -55,38 +55,55 @@ type pageReader struct {
 	flights map[pageKey]*pageFlight
 }
 
-func newPageRead() *pageRead {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &pageRead{ctx: ctx, cancel: cancel, done: make(chan struct{})}
+// newPageRead returns a query not yet run. Its context carries the values
+// of ctx (a trace, say) but not its end: the query ends when every read
+// sharing it has left, not when the one that made it did.
+func newPageRead(ctx context.Context) *pageRead {
+	qctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	return &pageRead{ctx: qctx, cancel: cancel, done: make(chan struct{})}
 }
 
 // do returns the page for k from a query that starts after do was called,
 // shared with the other reads of k that were waiting for the same query.
 func (p *pageReader) do(ctx context.Context, k pageKey) ([]Test, error) {
 	p.mu.Lock()
-	f, running := p.flights[k]
-	var pr *pageRead
-	if running {
+	if f, running := p.flights[k]; running {
 		if f.next == nil {
-			f.next = newPageRead()
+			f.next = newPageRead(ctx)
 		}
-		pr = f.next
-	} else {
-		if p.flights == nil {
-			p.flights = map[pageKey]*pageFlight{}
-		}
-		f = &pageFlight{}
-		p.flights[k] = f
-		pr = newPageRead()
-		pr.started = true
-		pr.waiting.Add(1) // before fly reads it
-		go p.fly(k, f, pr)
+		pr := f.next
+		pr.waiting.Add(1)
 		p.mu.Unlock()
 		return p.wait(ctx, k, pr)
 	}
+	if p.flights == nil {
+		p.flights = map[pageKey]*pageFlight{}
+	}
+	f := &pageFlight{}
+	p.flights[k] = f
+	pr := newPageRead(ctx)
+	pr.started = true
 	pr.waiting.Add(1)
 	p.mu.Unlock()
-	return p.wait(ctx, k, pr)
+
+	// The read that finds no query for its page runs one itself, on its
+	// own goroutine: in a workload of varied pages that is nearly every
+	// read, and handing each query to a new goroutine cost 7% of the
+	// server's CPU in growing that goroutine's stack alone, plus a wake-up
+	// per page (random pages, bench/BENCHMARKS.md). Only the reads that
+	// queued behind it meanwhile get a goroutine (fly), so that this one
+	// answers as soon as its own rows are in.
+	left := context.AfterFunc(ctx, func() { p.leave(pr) })
+	p.query(k, pr)
+	if next := p.advance(k, f); next != nil {
+		go p.fly(k, f, next)
+	}
+	if !left() && pr.err != nil {
+		// ctx ended before the answer, and this read left pr: answer as
+		// wait does.
+		return nil, fmt.Errorf("list after %d: %w", k.after, p.classify(ctx.Err()))
+	}
+	return pr.rows, pr.err
 }
 
 // wait waits for pr's answer, or leaves pr when ctx ends first.
@@ -122,30 +139,42 @@ func (p *pageReader) leave(pr *pageRead) {
 	}
 }
 
-// fly runs the query for k, then the one the reads queued meanwhile share,
-// until none is queued.
+// fly runs pr, then the query the reads queued meanwhile share, until
+// none is queued.
 func (p *pageReader) fly(k pageKey, f *pageFlight, pr *pageRead) {
 	for pr != nil {
-		if n := pr.waiting.Load(); n > 0 && p.onRead != nil {
-			p.onRead(int(n))
-		}
-		// A query whose reads have all left already has a cancelled
-		// context and fails at once.
-		pr.rows, pr.err = p.read(pr.ctx, k.after, k.limit)
-		pr.cancel()
-		close(pr.done)
-
-		p.mu.Lock()
-		pr, f.next = f.next, nil
-		if pr != nil && pr.waiting.Load() == 0 {
-			pr.cancel() // every read queued for it has left
-			pr = nil
-		}
-		if pr == nil {
-			delete(p.flights, k)
-		} else {
-			pr.started = true
-		}
-		p.mu.Unlock()
+		p.query(k, pr)
+		pr = p.advance(k, f)
 	}
+}
+
+// query runs pr and hands its answer to every read waiting for it.
+func (p *pageReader) query(k pageKey, pr *pageRead) {
+	if n := pr.waiting.Load(); n > 0 && p.onRead != nil {
+		p.onRead(int(n))
+	}
+	// A query whose reads have all left already has a cancelled context
+	// and fails at once.
+	pr.rows, pr.err = p.read(pr.ctx, k.after, k.limit)
+	pr.cancel()
+	close(pr.done)
+}
+
+// advance returns the query queued for k behind the one that just ended,
+// marked started, or nil (and k's flight gone) when no read waits for one.
+func (p *pageReader) advance(k pageKey, f *pageFlight) *pageRead {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pr := f.next
+	f.next = nil
+	if pr != nil && pr.waiting.Load() == 0 {
+		pr.cancel() // every read queued for it has left
+		pr = nil
+	}
+	if pr == nil {
+		delete(p.flights, k)
+		return nil
+	}
+	pr.started = true
+	return pr
 }
