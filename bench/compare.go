@@ -44,6 +44,9 @@ func (b *bench) compare(ctx context.Context, w workload, variants []string) erro
 			cpus[i] = append(cpus[i], float64(s.cpu.server.Nanoseconds())/1e3/s.ops)
 			fmt.Printf("   round %d %-30q %s %s (%s) %s\n", round, variants[i], fmtRate(s.rate), w.unit,
 				fmtLatency(s), fmtCPU(s.cpu, s.ops, true))
+			if s.note != "" {
+				fmt.Printf("   %39s %s\n", "", s.note)
+			}
 		}
 	}
 	for i, v := range variants {

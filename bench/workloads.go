@@ -102,7 +102,17 @@ func (b *bench) workloads() []workload {
 		rows:   o.rows,
 		warm:   true,
 		a: func(ctx context.Context, round int) (sample, error) {
-			return b.runWrk(ctx, "create", b.srv.base+"/tests", o.duration, "c"+strconv.Itoa(round))
+			before, err := b.batches(ctx)
+			if err != nil {
+				return sample{}, err
+			}
+			s, err := b.runWrk(ctx, "create", b.srv.base+"/tests", o.duration, "c"+strconv.Itoa(round))
+			if err != nil {
+				return s, err
+			}
+			after, err := b.batches(ctx)
+			s.note = "batches: " + after.since(before)
+			return s, err
 		},
 		b: func(ctx context.Context, round int) (sample, error) {
 			// Names base + client_id*1e8 + i: base 1e10 per round keeps
@@ -211,6 +221,9 @@ func (b *bench) runWorkload(ctx context.Context, w workload) (result, error) {
 			fmtRate(r.b.rate), w.unit, fmtLatency(r.b), r.ratio)
 		fmt.Printf("            ours %s\n            limit %s\n",
 			fmtCPU(r.a.cpu, r.a.ops, true), fmtCPU(r.b.cpu, r.b.ops, false))
+		if r.a.note != "" {
+			fmt.Printf("            ours %s\n", r.a.note)
+		}
 	}
 	fmt.Printf("   median ratio %.3f (target >= %.2f)\n", res.medianRatio(), w.target)
 	return res, nil

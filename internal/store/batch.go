@@ -140,7 +140,6 @@ func (b *batcher) enqueue(r *createReq) error {
 		return errClosed
 	}
 	b.queue = append(b.queue, r)
-	b.ctl.queued(b.flights)
 	if b.flights < b.ctl.allowed {
 		b.startFlight()
 	}
@@ -158,27 +157,27 @@ func (b *batcher) startFlight() {
 func (b *batcher) fly() {
 	defer b.wg.Done()
 	for {
-		batch, epoch, flights := b.next()
+		batch, flights := b.next()
 		if batch == nil {
 			return
 		}
 		if b.onBatch != nil {
 			b.onBatch(len(batch), flights)
 		}
-		b.send(batch, epoch)
+		b.send(batch)
 	}
 }
 
 // next takes the next batch off the queue, leaving out creates whose
 // context has ended, or ends the flight if none is left or if more flights
-// run than may (the others take the queue). It also returns the flight
-// control's epoch the batch is sent in, and the flights running.
-func (b *batcher) next() (batch []*createReq, epoch, flights int) {
+// run than may (the others take the queue). It also returns the flights
+// running.
+func (b *batcher) next() (batch []*createReq, flights int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.flights > b.ctl.allowed {
 		b.flights--
-		return nil, 0, 0
+		return nil, 0
 	}
 	taken := 0
 	for _, r := range b.queue {
@@ -195,17 +194,17 @@ func (b *batcher) next() (batch []*createReq, epoch, flights int) {
 	b.queue = b.queue[taken:]
 	if len(batch) == 0 {
 		b.flights--
-		return nil, 0, 0
+		return nil, 0
 	}
 	if len(b.queue) > 0 && b.flights < b.ctl.allowed {
 		b.startFlight() // more queued than one batch holds
 	}
-	return batch, b.ctl.epoch, b.flights
+	return batch, b.flights
 }
 
-// send inserts one batch, answers each of its creates, and counts it for
+// send inserts one batch, answers each of its creates, and times it for
 // the flight control.
-func (b *batcher) send(batch []*createReq, epoch int) {
+func (b *batcher) send(batch []*createReq) {
 	// The statement runs for the whole batch, so one create giving up
 	// must not cancel it for the others; once all of them have given up
 	// nobody waits for the answer, and the statement is cancelled on the
@@ -230,6 +229,7 @@ func (b *batcher) send(batch []*createReq, epoch int) {
 	slices.Sort(names)
 	names = slices.Compact(names)
 
+	start := time.Now()
 	created, err := b.insert(ctx, names)
 	if err != nil {
 		err = fmt.Errorf("create: %w", b.classify(err))
@@ -245,7 +245,8 @@ func (b *batcher) send(batch []*createReq, epoch int) {
 		return
 	}
 	b.mu.Lock()
-	if b.ctl.observe(epoch, len(batch), time.Now(), b.maxFlights) && len(b.queue) > 0 && b.flights < b.ctl.allowed {
+	now := time.Now()
+	if b.ctl.observe(now.Sub(start), now, b.maxFlights) && len(b.queue) > 0 && b.flights < b.ctl.allowed {
 		b.startFlight()
 	}
 	b.mu.Unlock()

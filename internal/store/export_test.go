@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"math"
 )
 
 // Group-commit internals for the tests in package store_test.
@@ -12,24 +11,26 @@ const (
 	StartFlights = startFlights
 )
 
-// AllowFlights lets n flights run from now on and stops the flight control
-// from trying any other number, for tests of several flights at once.
+// AllowFlights lets n flights run from now on, whatever the batches'
+// times, for tests of several flights at once.
 func (s *Store) AllowFlights(n int) {
 	s.creates.mu.Lock()
 	defer s.creates.mu.Unlock()
 	s.creates.ctl.allowed = n
-	s.creates.ctl.phase = holding
-	s.creates.ctl.held = math.MinInt / 2 // never reaches holdEpochs
+	s.creates.ctl.fixed = true
 }
 
-// KeptFlights is the number of flights the flight control has settled on:
-// during a trial, the number it will go back to.
+// AdaptFlights hands the number of flights back to the flight control.
+func (s *Store) AdaptFlights() {
+	s.creates.mu.Lock()
+	defer s.creates.mu.Unlock()
+	s.creates.ctl.fixed = false
+}
+
+// KeptFlights is the number of flights the flight control allows now.
 func (s *Store) KeptFlights() int {
 	s.creates.mu.Lock()
 	defer s.creates.mu.Unlock()
-	if s.creates.ctl.phase == trying {
-		return s.creates.ctl.from
-	}
 	return s.creates.ctl.allowed
 }
 

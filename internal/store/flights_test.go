@@ -6,71 +6,75 @@ import (
 	"time"
 )
 
-// runControl drives a flight control through epochs of a model database
-// whose rows per second at f flights is rate(f), with multiplicative noise
-// of up to ±noise, and returns how many epochs it spent at each number.
-func runControl(t *testing.T, rate func(f int) float64, noise float64, epochs, maxFlights int) map[int]int {
-	t.Helper()
+// drive feeds c batches of a model database, one every gap, each taking
+// its round trip rtt plus up to extra more (queueing behind other work),
+// for d, and returns the flights allowed at the end.
+func drive(c *flightControl, now *time.Time, rng *rand.Rand, rtt, extra, gap, d time.Duration, maxFlights int) int {
+	for end := now.Add(d); now.Before(end); *now = now.Add(gap) {
+		took := rtt + time.Duration(rng.Int64N(int64(extra)+1))
+		c.observe(took, *now, maxFlights)
+	}
+	return c.allowed
+}
+
+// TestFlightControl: the flights follow the floor of the batches' times,
+// one per flightQuantum, within 1 and the maximum, however much longer
+// most batches take, and follow a change of the round trip within two
+// windows.
+func TestFlightControl(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := time.Unix(0, 0)
 	c := newFlightControl(now)
-	at := map[int]int{}
-	for range epochs {
-		if c.allowed < 1 || c.allowed > maxFlights {
-			t.Fatalf("allowed %d, want 1 to %d", c.allowed, maxFlights)
+	steps := []struct {
+		name       string
+		rtt, extra time.Duration
+		want       int
+	}{
+		{"database next door: an fsync", 900 * time.Microsecond, 5 * time.Millisecond, 1},
+		{"2 ms each way", 5 * time.Millisecond, 10 * time.Millisecond, 3},
+		{"5 ms each way", 11 * time.Millisecond, 20 * time.Millisecond, 6},
+		{"20 ms each way: at the maximum", 41 * time.Millisecond, 0, 8},
+		{"back next door", 900 * time.Microsecond, 30 * time.Millisecond, 1},
+	}
+	for _, s := range steps {
+		// Long enough for the window before the change to be forgotten.
+		if got := drive(&c, &now, rng, s.rtt, s.extra, 3*time.Millisecond, 2*floorWindow+time.Millisecond, 8); got != s.want {
+			t.Errorf("%s (round trip %v, up to %v more): %d flights, want %d", s.name, s.rtt, s.extra, got, s.want)
 		}
-		at[c.allowed]++
-		r := rate(c.allowed) * (1 + noise*(2*rng.Float64()-1))
-		// One epoch: epochBatches batches of equal size over epochMin.
-		rows := int(r * epochMin.Seconds() / epochBatches)
-		for i := range epochBatches {
-			c.queued(c.allowed) // every flight busy: creates wait
-			step := epochMin * time.Duration(i+1) / epochBatches
-			c.observe(c.epoch, rows, now.Add(step), maxFlights)
-		}
-		now = now.Add(epochMin)
-	}
-	return at
-}
-
-// TestFlightControlLatencyBound: against a database whose answers take a
-// fixed round trip, with 64 clients that each wait for a flight's turn,
-// the control goes to the most flights and stays there.
-func TestFlightControlLatencyBound(t *testing.T) {
-	const clients, rtt = 64, 0.005
-	rate := func(f int) float64 { return clients / (rtt * (1 + 1/float64(f))) }
-	at := runControl(t, rate, 0.05, 400, 8)
-	if at[8] < 300 {
-		t.Errorf("epochs at each number of flights %v; want most at 8", at)
 	}
 }
 
-// TestFlightControlCPUBound: against a database whose CPU is the limit,
-// where every extra flight costs 10% of the rows per second, the control
-// stays at one flight but for its trials.
-func TestFlightControlCPUBound(t *testing.T) {
-	rate := func(f int) float64 { return 10000 * (1 - 0.1*float64(f-1)) }
-	at := runControl(t, rate, 0.05, 400, 8)
-	if at[1] < 300 {
-		t.Errorf("epochs at each number of flights %v; want most at 1", at)
-	}
-}
-
-// TestFlightControlIdle: epochs in which no create waited for a flight, or
-// one found none running, change nothing.
-func TestFlightControlIdle(t *testing.T) {
+// TestFlightControlSlowBatchesAlone: a window of slow batches alone (a
+// database busy for a moment) does not raise the flights while the window
+// before it had fast ones; after a quiet spell longer than a window, the
+// floor starts afresh.
+func TestFlightControlSlowBatchesAlone(t *testing.T) {
 	now := time.Unix(0, 0)
 	c := newFlightControl(now)
-	for e := range 20 {
-		for range epochBatches {
-			if e%2 == 0 {
-				c.queued(0) // load resuming
-			}
-			now = now.Add(epochMin / epochBatches)
-			c.observe(c.epoch, 1+e*100, now, 8) // rising fast: would pass for a gain
-		}
+	for range 100 {
+		now = now.Add(5 * time.Millisecond)
+		c.observe(time.Millisecond, now, 8)
 	}
-	if c.allowed != 1 || c.phase != holding || c.held != 0 {
-		t.Errorf("after idle epochs: allowed %d, phase %d, held %d; want 1, holding, 0", c.allowed, c.phase, c.held)
+	now = now.Add(floorWindow) // into the next window
+	for range 100 {
+		now = now.Add(5 * time.Millisecond)
+		c.observe(30*time.Millisecond, now, 8)
+	}
+	if c.allowed != 1 {
+		t.Errorf("slow batches in the window after fast ones: %d flights, want 1", c.allowed)
+	}
+	now = now.Add(3 * floorWindow) // nothing for a while
+	c.observe(9*time.Millisecond, now, 8)
+	if c.allowed != 5 {
+		t.Errorf("first batch after a quiet spell took 9 ms: %d flights, want 5", c.allowed)
+	}
+}
+
+// TestFlightControlFixed: a test's fixed number stays.
+func TestFlightControlFixed(t *testing.T) {
+	c := newFlightControl(time.Unix(0, 0))
+	c.allowed, c.fixed = 4, true
+	if c.observe(100*time.Millisecond, time.Unix(5, 0), 8) || c.allowed != 4 {
+		t.Errorf("fixed at 4: %d", c.allowed)
 	}
 }

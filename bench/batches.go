@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// batchStats is what the server's /metrics said of its group-commit
+// batches so far: how many, and the sums of their sizes and of the flights
+// running as each was sent.
+type batchStats struct {
+	count, sizes, flights float64
+}
+
+// batches reads the server's batch counters, so that a create round can
+// say how its creates were batched.
+func (b *bench) batches(ctx context.Context) (batchStats, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.srv.base+"/metrics", nil)
+	if err != nil {
+		return batchStats{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return batchStats{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return batchStats{}, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	var s batchStats
+	fields := map[string]*float64{
+		"testsapi_create_batch_size_count":  &s.count,
+		"testsapi_create_batch_size_sum":    &s.sizes,
+		"testsapi_create_batch_flights_sum": &s.flights,
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if p := fields[name]; ok && p != nil {
+			if *p, err = strconv.ParseFloat(value, 64); err != nil {
+				return batchStats{}, fmt.Errorf("GET /metrics: %s: %w", name, err)
+			}
+		}
+	}
+	return s, sc.Err()
+}
+
+// since describes the batches between from and s.
+func (s batchStats) since(from batchStats) string {
+	n := s.count - from.count
+	if n <= 0 {
+		return "no batches"
+	}
+	return fmt.Sprintf("%.0f batches, mean %.1f creates, mean %.2f flights", n, (s.sizes-from.sizes)/n, (s.flights-from.flights)/n)
+}
