@@ -51,13 +51,11 @@ func maxCreateFlights(pool *pgxpool.Pool) int {
 type flightControl struct {
 	allowed int  // flights that may run: 1 to the batcher's maxFlights
 	fixed   bool // allowed is set by a test, not by the floor
-
-	cur, prev time.Duration // the least batch time of this window and of the one before; 0 for none
-	windowEnd time.Time     // when this window ends
+	floor   roundTripFloor
 }
 
 func newFlightControl(now time.Time) flightControl {
-	return flightControl{allowed: startFlights, windowEnd: now.Add(floorWindow)}
+	return flightControl{allowed: startFlights, floor: newRoundTripFloor(now)}
 }
 
 // observe records that a batch answered at now took took, and sets the
@@ -66,21 +64,43 @@ func (c *flightControl) observe(took time.Duration, now time.Time, maxFlights in
 	if c.fixed {
 		return false
 	}
-	if !now.Before(c.windowEnd) {
-		c.prev, c.cur = c.cur, 0
-		if now.Sub(c.windowEnd) >= floorWindow {
-			c.prev = 0 // no batch in the whole last window: nothing recent
-		}
-		c.windowEnd = now.Add(floorWindow)
-	}
-	if c.cur == 0 || took < c.cur {
-		c.cur = took
-	}
-	floor := c.cur
-	if c.prev != 0 {
-		floor = min(floor, c.prev)
-	}
 	before := c.allowed
-	c.allowed = min(maxFlights, max(1, int((floor+flightQuantum-1)/flightQuantum)))
+	c.allowed = flightsFor(c.floor.observe(took, now), maxFlights)
 	return c.allowed > before
+}
+
+// flightsFor is the number of flights for a floor: one per flightQuantum,
+// rounded up, within 1 and maxFlights.
+func flightsFor(floor time.Duration, maxFlights int) int {
+	return min(maxFlights, max(1, int((floor+flightQuantum-1)/flightQuantum)))
+}
+
+// roundTripFloor is the least time a statement took in this window of
+// floorWindow and the one before.
+type roundTripFloor struct {
+	cur, prev time.Duration // the least of this window and of the one before; 0 for none
+	windowEnd time.Time     // when this window ends
+}
+
+func newRoundTripFloor(now time.Time) roundTripFloor {
+	return roundTripFloor{windowEnd: now.Add(floorWindow)}
+}
+
+// observe records that a statement that ended at now took took, and
+// returns the floor.
+func (f *roundTripFloor) observe(took time.Duration, now time.Time) time.Duration {
+	if !now.Before(f.windowEnd) {
+		f.prev, f.cur = f.cur, 0
+		if now.Sub(f.windowEnd) >= floorWindow {
+			f.prev = 0 // nothing in the whole last window: nothing recent
+		}
+		f.windowEnd = now.Add(floorWindow)
+	}
+	if f.cur == 0 || took < f.cur {
+		f.cur = took
+	}
+	if f.prev != 0 {
+		return min(f.cur, f.prev)
+	}
+	return f.cur
 }

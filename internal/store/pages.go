@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Coalesced page reads. Clients asking for the same page at once (the
@@ -14,6 +15,15 @@ import (
 // for its page runs, it waits for the next one. So it sees every write
 // acknowledged before it arrived, exactly as a query of its own would, and
 // no read returns rows older than itself.
+//
+// While the database is next door a page's query returns in a fraction of
+// a millisecond, and one query at a time per page is enough. Across a
+// network the wait for the next query is a round trip on top of the
+// read's own, so a page may have as many queries running at once as group
+// commit has flights for the same floor (flights.go): one per 2 ms of the
+// least time a page query took lately. A read that arrives while fewer
+// than that run starts one at once (taking along the reads queued for the
+// next); otherwise it queues for the next.
 
 // OnPageRead has fn called with the number of List calls that share each
 // page query, just before it is sent, for example to export a histogram.
@@ -29,10 +39,12 @@ type pageKey struct {
 	limit int
 }
 
-// pageFlight is the query running for one key, and the read queued behind
-// it. It is in pageReader.flights exactly while a query for its key runs.
+// pageFlight is the queries running for one key, and the read queued
+// behind them. It is in pageReader.flights exactly while a query for its
+// key runs.
 type pageFlight struct {
-	next *pageRead // the reads that arrived while the query ran; nil if none
+	running int       // queries running for the key
+	next    *pageRead // the reads that arrived while running was at the most allowed; nil if none
 }
 
 // pageRead is one query and the reads that share its rows.
@@ -51,8 +63,12 @@ type pageReader struct {
 	classify func(error) error // the Store's
 	onRead   func(readers int)
 
+	maxFlights int // most queries at once for one key
+
 	mu      sync.Mutex
 	flights map[pageKey]*pageFlight
+	allowed int // queries at once for one key now, from floor; 0 is 1
+	floor   roundTripFloor
 }
 
 // newPageRead returns a query not yet run. Its context carries the values
@@ -67,7 +83,15 @@ func newPageRead(ctx context.Context) *pageRead {
 // shared with the other reads of k that were waiting for the same query.
 func (p *pageReader) do(ctx context.Context, k pageKey) ([]Test, error) {
 	p.mu.Lock()
-	if f, running := p.flights[k]; running {
+	f := p.flights[k]
+	if f == nil {
+		if p.flights == nil {
+			p.flights = map[pageKey]*pageFlight{}
+		}
+		f = &pageFlight{}
+		p.flights[k] = f
+	}
+	if f.running >= max(1, p.allowed) {
 		if f.next == nil {
 			f.next = newPageRead(ctx)
 		}
@@ -76,26 +100,26 @@ func (p *pageReader) do(ctx context.Context, k pageKey) ([]Test, error) {
 		p.mu.Unlock()
 		return p.wait(ctx, k, pr)
 	}
-	if p.flights == nil {
-		p.flights = map[pageKey]*pageFlight{}
+	pr := f.next // reads queued before: they go now, with this one
+	f.next = nil
+	if pr == nil {
+		pr = newPageRead(ctx)
 	}
-	f := &pageFlight{}
-	p.flights[k] = f
-	pr := newPageRead(ctx)
 	pr.started = true
 	pr.waiting.Add(1)
+	f.running++
 	p.mu.Unlock()
 
-	// The read that finds no query for its page runs one itself, on its
-	// own goroutine: in a workload of varied pages that is nearly every
-	// read, and handing each query to a new goroutine cost 7% of the
-	// server's CPU in growing that goroutine's stack alone, plus a wake-up
-	// per page (random pages, bench/BENCHMARKS.md). Only the reads that
-	// queued behind it meanwhile get a goroutine (fly), so that this one
-	// answers as soon as its own rows are in.
+	// The read that starts a query runs it on its own goroutine: in a
+	// workload of varied pages that is nearly every read, and handing each
+	// query to a new goroutine cost 7% of the server's CPU in growing that
+	// goroutine's stack alone, plus a wake-up per page (random pages,
+	// BENCHMARKS.md). Only the reads that queued behind it meanwhile get a
+	// goroutine (fly), so that this one answers as soon as its own rows
+	// are in.
 	left := context.AfterFunc(ctx, func() { p.leave(pr) })
-	p.query(k, pr)
-	if next := p.advance(k, f); next != nil {
+	took := p.query(k, pr)
+	if next := p.advance(k, f, took); next != nil {
 		go p.fly(k, f, next)
 	}
 	if !left() && pr.err != nil {
@@ -143,38 +167,48 @@ func (p *pageReader) leave(pr *pageRead) {
 // none is queued.
 func (p *pageReader) fly(k pageKey, f *pageFlight, pr *pageRead) {
 	for pr != nil {
-		p.query(k, pr)
-		pr = p.advance(k, f)
+		took := p.query(k, pr)
+		pr = p.advance(k, f, took)
 	}
 }
 
-// query runs pr and hands its answer to every read waiting for it.
-func (p *pageReader) query(k pageKey, pr *pageRead) {
+// query runs pr, hands its answer to every read waiting for it, and
+// returns how long the query took.
+func (p *pageReader) query(k pageKey, pr *pageRead) time.Duration {
 	if n := pr.waiting.Load(); n > 0 && p.onRead != nil {
 		p.onRead(int(n))
 	}
 	// A query whose reads have all left already has a cancelled context
 	// and fails at once.
+	start := time.Now()
 	pr.rows, pr.err = p.read(pr.ctx, k.after, k.limit)
+	took := time.Since(start)
 	pr.cancel()
 	close(pr.done)
+	return took
 }
 
-// advance returns the query queued for k behind the one that just ended,
-// marked started, or nil (and k's flight gone) when no read waits for one.
-func (p *pageReader) advance(k pageKey, f *pageFlight) *pageRead {
+// advance ends a query of k that took took, and returns the query queued
+// behind it, marked started, or nil (and k's flight gone once no query
+// runs) when no read waits for one.
+func (p *pageReader) advance(k pageKey, f *pageFlight, took time.Duration) *pageRead {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	f.running--
+	p.allowed = flightsFor(p.floor.observe(took, time.Now()), p.maxFlights)
 	pr := f.next
-	f.next = nil
 	if pr != nil && pr.waiting.Load() == 0 {
 		pr.cancel() // every read queued for it has left
-		pr = nil
+		f.next, pr = nil, nil
 	}
-	if pr == nil {
-		delete(p.flights, k)
+	if pr == nil || f.running >= p.allowed {
+		if f.running == 0 && f.next == nil {
+			delete(p.flights, k)
+		}
 		return nil
 	}
+	f.next = nil
+	f.running++
 	pr.started = true
 	return pr
 }

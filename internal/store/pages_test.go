@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -275,5 +277,54 @@ func TestListAbandonedQueued(t *testing.T) {
 	dbtest.WaitFor(t, "the page's flight to end", within, func() bool { return e.st.PageFlights() == 0 })
 	if got := e.queries(); !slices.Equal(got, []int{1}) {
 		t.Errorf("Lists per query %v, want [1]: the abandoned query ran", got)
+	}
+}
+
+// TestListFlightsAdaptToLatency: with the database 10 ms away each way,
+// readers of one page run more than one query for it at once (each takes
+// at least the 20 ms round trip, so pages.go allows the most), never more
+// than the store's limit, and every read still gets the page.
+func TestListFlightsAdaptToLatency(t *testing.T) {
+	url := dbtest.NewSchema(t)
+	p := dbtest.NewProxy(t, url)
+	pool := mustPool(t, p.URL(url), nil)
+	st := store.New(pool)
+	t.Cleanup(st.Close)
+	if _, _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateMany(t.Context(), []string{"a", "b", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	var running, most atomic.Int64
+	st.WrapPageRead(func(next store.PageReadFunc) store.PageReadFunc {
+		return func(ctx context.Context, after int64, limit int) ([]store.Test, error) {
+			n := running.Add(1)
+			defer running.Add(-1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			return next(ctx, after, limit)
+		}
+	})
+	if err := p.Latency(10*time.Millisecond, 0); err != nil {
+		t.Fatal(err)
+	}
+	const readers = 16
+	deadline := time.Now().Add(within)
+	var wg sync.WaitGroup
+	for range readers {
+		wg.Go(func() {
+			for most.Load() < 2 && time.Now().Before(deadline) {
+				rows, err := st.List(t.Context(), 0, 100)
+				if err != nil || !slices.Equal(names(rows), []string{"a", "b", "c"}) {
+					t.Errorf("List: %v, %v; want a, b, c", names(rows), err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := most.Load(); got < 2 || got > int64(st.MaxCreateFlights()) {
+		t.Errorf("queries of the page at once: at most %d; want 2 to %d", got, st.MaxCreateFlights())
 	}
 }

@@ -54,6 +54,7 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 	s.creates.maxFlights = maxCreateFlights(pool)
 	s.creates.ctl = newFlightControl(time.Now())
 	s.pages.read = s.list
+	s.pages.maxFlights = maxCreateFlights(pool)
 	s.pages.classify = s.classify
 	for _, o := range opts {
 		o(s)
