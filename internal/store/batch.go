@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Group commit for single-row creates. Create queues its name and waits; a
@@ -83,6 +84,7 @@ type batcher struct {
 	insert       func(ctx context.Context, names []string) ([]Test, error)
 	classify     func(error) error // the Store's, which reports errors to ObserveErrors
 	onBatch      func(size, flights int)
+	tracer       trace.Tracer // see Tracing; nil means no batch spans
 	queueTimeout time.Duration
 	maxFlights   int // at most this many flights: half the pool, leaving the rest for reads
 
@@ -165,7 +167,7 @@ func (b *batcher) fly() {
 		if b.onBatch != nil {
 			b.onBatch(len(batch), flights)
 		}
-		b.send(batch, epoch)
+		b.send(batch, epoch, flights)
 	}
 }
 
@@ -204,8 +206,8 @@ func (b *batcher) next() (batch []*createReq, epoch, flights int) {
 }
 
 // send inserts one batch, answers each of its creates, and counts it for
-// the flight control.
-func (b *batcher) send(batch []*createReq, epoch int) {
+// the flight control. flights is the number running, for its span.
+func (b *batcher) send(batch []*createReq, epoch, flights int) {
 	// The statement runs for the whole batch, so one create giving up
 	// must not cancel it for the others; once all of them have given up
 	// nobody waits for the answer, and the statement is cancelled on the
@@ -230,7 +232,14 @@ func (b *batcher) send(batch []*createReq, epoch int) {
 	slices.Sort(names)
 	names = slices.Compact(names)
 
+	var span trace.Span
+	if b.tracer != nil {
+		ctx, span = b.traceBatch(ctx, batch, flights)
+	}
 	created, err := b.insert(ctx, names)
+	if span != nil {
+		endBatchSpan(span, len(created), err)
+	}
 	if err != nil {
 		err = fmt.Errorf("create: %w", b.classify(err))
 		for _, r := range batch {

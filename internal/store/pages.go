@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Coalesced page reads. Clients asking for the same page at once (the
@@ -50,13 +52,21 @@ type pageReader struct {
 	read     func(ctx context.Context, after int64, limit int) ([]Test, error)
 	classify func(error) error // the Store's
 	onRead   func(readers int)
+	traced   bool // see Tracing: a query runs under the span of the read that started it
 
 	mu      sync.Mutex
 	flights map[pageKey]*pageFlight
 }
 
-func newPageRead() *pageRead {
-	ctx, cancel := context.WithCancel(context.Background())
+// newPageRead returns a query for the reads that join it; ctx is the
+// read's that makes it, of which it keeps only the span, and only when
+// traced: the query must outlive any one read's cancellation.
+func (p *pageReader) newPageRead(ctx context.Context) *pageRead {
+	base := context.Background()
+	if p.traced {
+		base = trace.ContextWithSpan(base, trace.SpanFromContext(ctx))
+	}
+	ctx, cancel := context.WithCancel(base)
 	return &pageRead{ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
@@ -68,7 +78,7 @@ func (p *pageReader) do(ctx context.Context, k pageKey) ([]Test, error) {
 	var pr *pageRead
 	if running {
 		if f.next == nil {
-			f.next = newPageRead()
+			f.next = p.newPageRead(ctx)
 		}
 		pr = f.next
 	} else {
@@ -77,7 +87,7 @@ func (p *pageReader) do(ctx context.Context, k pageKey) ([]Test, error) {
 		}
 		f = &pageFlight{}
 		p.flights[k] = f
-		pr = newPageRead()
+		pr = p.newPageRead(ctx)
 		pr.started = true
 		pr.waiting.Add(1) // before fly reads it
 		go p.fly(k, f, pr)
