@@ -231,3 +231,35 @@ func TestTracingConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestTracingCollectorDown: a collector that refuses connections costs the
+// requests nothing: they are answered as usual, the failed exports are
+// logged as warnings, and shutdown gives up on the buffered spans within
+// its flush timeout instead of hanging.
+func TestTracingCollectorDown(t *testing.T) {
+	t.Parallel()
+	p := startReady(t, dbtest.NewSchema(t),
+		"OTEL_TRACES_EXPORTER=otlp",
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:"+strconv.Itoa(closedPort(t)),
+		"OTEL_BSP_SCHEDULE_DELAY=100")
+	for i := range 20 {
+		r := p.mustDo(t, http.MethodPost, "/tests", nameBody("collector-down-"+strconv.Itoa(i)))
+		if r.status != http.StatusCreated {
+			t.Fatalf("POST /tests: %d %s", r.status, r.body)
+		}
+	}
+	sent := time.Now()
+	warning := p.waitLog(t, "tracing", 1, 30*time.Second)[0] // the exporter's error
+	if warning["level"] != "WARN" {
+		t.Errorf("exporter error logged at %v, want WARN: %v", warning["level"], warning)
+	}
+	t.Logf("%s after the requests: %v", time.Since(sent).Round(time.Millisecond), warning)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if code := p.waitExit(t, exitWithin); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	t.Logf("exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+}
