@@ -48,8 +48,11 @@ func (o *options) trace(next http.Handler) http.Handler {
 	// net/http's ServeMux (Request.Pattern), which chi does not set.
 	named := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		next.ServeHTTP(w, r)
+		span := trace.SpanFromContext(r.Context())
+		if !span.IsRecording() {
+			return // not sampled: nothing to name
+		}
 		if route := metrics.Route(r); route != metrics.Unmatched {
-			span := trace.SpanFromContext(r.Context())
 			span.SetName(r.Method + " " + route)
 			span.SetAttributes(semconv.HTTPRoute(route))
 		}

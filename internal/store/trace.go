@@ -58,19 +58,20 @@ func Tracing(tp trace.TracerProvider) Option {
 // no sampled create, it returns ctx and a span that records nothing.
 func (b *batcher) traceBatch(ctx context.Context, batch []*createReq, flights int) (context.Context, trace.Span) {
 	var parent trace.Span
-	links := make([]trace.Link, 0, len(batch))
 	for _, r := range batch {
-		s := trace.SpanFromContext(r.ctx)
-		if !s.SpanContext().IsValid() {
-			continue
-		}
-		links = append(links, trace.Link{SpanContext: s.SpanContext()})
-		if parent == nil && s.IsRecording() {
+		if s := trace.SpanFromContext(r.ctx); s.IsRecording() {
 			parent = s
+			break
 		}
 	}
 	if parent == nil {
-		return ctx, trace.SpanFromContext(ctx)
+		return ctx, trace.SpanFromContext(ctx) // no create is sampled: no span
+	}
+	links := make([]trace.Link, 0, len(batch))
+	for _, r := range batch {
+		if sc := trace.SpanContextFromContext(r.ctx); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
 	}
 	ctx, span := b.tracer.Start(trace.ContextWithSpan(ctx, parent), "create batch",
 		trace.WithLinks(links...),
