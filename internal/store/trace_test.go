@@ -114,7 +114,7 @@ func TestTraceBatch(t *testing.T) {
 func attr(s tracetest.SpanStub, key attribute.Key) string {
 	for _, a := range s.Attributes {
 		if a.Key == key {
-			return a.Value.Emit()
+			return a.Value.String()
 		}
 	}
 	return ""
@@ -126,7 +126,7 @@ func wantAttr(t *testing.T, s tracetest.SpanStub, key attribute.Key, want attrib
 	for _, a := range s.Attributes {
 		if a.Key == key {
 			if a.Value != want {
-				t.Errorf("span %q: %s = %s, want %s", s.Name, key, a.Value.Emit(), want.Emit())
+				t.Errorf("span %q: %s = %s, want %s", s.Name, key, a.Value.String(), want.String())
 			}
 			return
 		}
@@ -141,12 +141,12 @@ func noneContains(t *testing.T, spans tracetest.SpanStubs, secrets ...string) {
 	for _, s := range spans {
 		texts := []string{s.Name, s.Status.Description}
 		for _, a := range s.Attributes {
-			texts = append(texts, a.Value.Emit())
+			texts = append(texts, a.Value.String())
 		}
 		for _, ev := range s.Events {
 			texts = append(texts, ev.Name)
 			for _, a := range ev.Attributes {
-				texts = append(texts, a.Value.Emit())
+				texts = append(texts, a.Value.String())
 			}
 		}
 		for _, text := range texts {
