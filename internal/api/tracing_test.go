@@ -15,8 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/api"
 	"github.com/ybrest/testsapi/internal/dbtest"
+	"github.com/ybrest/testsapi/internal/spantest"
 	"github.com/ybrest/testsapi/internal/store"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -127,16 +127,6 @@ func spanNames(spans tracetest.SpanStubs) []string {
 	return out
 }
 
-// attr returns the string form of s's attribute key, "" if it has none.
-func attr(s tracetest.SpanStub, key attribute.Key) string {
-	for _, a := range s.Attributes {
-		if a.Key == key {
-			return a.Value.String()
-		}
-	}
-	return ""
-}
-
 // childrenOf returns the spans whose parent is span id.
 func childrenOf(spans tracetest.SpanStubs, id trace.SpanID) tracetest.SpanStubs {
 	var out tracetest.SpanStubs
@@ -165,7 +155,7 @@ func TestTracingRequest(t *testing.T) {
 	if srv.Name != "GET /tests/{id}" {
 		t.Errorf("request span named %q, want \"GET /tests/{id}\"", srv.Name)
 	}
-	if got := attr(srv, "http.route"); got != "/tests/{id}" {
+	if got := spantest.Attr(srv, "http.route"); got != "/tests/{id}" {
 		t.Errorf("http.route %q, want /tests/{id}", got)
 	}
 	if srv.Parent.SpanID() != parent || !srv.Parent.IsRemote() {
@@ -173,7 +163,7 @@ func TestTracingRequest(t *testing.T) {
 	}
 	var selects int
 	for _, s := range childrenOf(spans, srv.SpanContext.SpanID()) {
-		if s.SpanKind == trace.SpanKindClient && strings.Contains(attr(s, "db.query.text"), "FROM test") {
+		if s.SpanKind == trace.SpanKindClient && strings.Contains(spantest.Attr(s, "db.query.text"), "FROM test") {
 			selects++
 		}
 	}
@@ -267,10 +257,10 @@ func TestTracingExport(t *testing.T) {
 	if export == nil {
 		t.Fatalf("no export span under the request span; spans %v", spanNames(spans))
 	}
-	if got := attr(*export, "testsapi.export.rows"); got != "3" {
+	if got := spantest.Attr(*export, "testsapi.export.rows"); got != "3" {
 		t.Errorf("export span rows %q, want 3", got)
 	}
-	if got := attr(*export, "testsapi.export.media_type"); got != "application/x-ndjson" {
+	if got := spantest.Attr(*export, "testsapi.export.media_type"); got != "application/x-ndjson" {
 		t.Errorf("export span media type %q", got)
 	}
 	if export.StartTime.Before(srv.StartTime) || export.EndTime.After(srv.EndTime) {
@@ -278,7 +268,7 @@ func TestTracingExport(t *testing.T) {
 	}
 	var query bool
 	for _, s := range childrenOf(spans, export.SpanContext.SpanID()) {
-		if strings.Contains(attr(s, "db.query.text"), "FROM test") {
+		if strings.Contains(spantest.Attr(s, "db.query.text"), "FROM test") {
 			query = true
 			if s.EndTime.After(export.EndTime) {
 				t.Errorf("query span ends after the export span")
@@ -391,35 +381,5 @@ func TestTracingNoSecrets(t *testing.T) {
 	if len(spans) < len(steps) {
 		t.Fatalf("only %d spans", len(spans))
 	}
-	noneContains(t, spans, secrets...)
-}
-
-// noneContains checks that no span's name, attributes, events, links or
-// status holds any of secrets.
-func noneContains(t *testing.T, spans tracetest.SpanStubs, secrets ...string) {
-	t.Helper()
-	for _, s := range spans {
-		texts := []string{s.Name, s.Status.Description}
-		for _, a := range s.Attributes {
-			texts = append(texts, a.Value.String())
-		}
-		for _, ev := range s.Events {
-			texts = append(texts, ev.Name)
-			for _, a := range ev.Attributes {
-				texts = append(texts, a.Value.String())
-			}
-		}
-		for _, l := range s.Links {
-			for _, a := range l.Attributes {
-				texts = append(texts, a.Value.String())
-			}
-		}
-		for _, text := range texts {
-			for _, secret := range secrets {
-				if strings.Contains(text, secret) {
-					t.Errorf("span %q holds %q: %q", s.Name, secret, text)
-				}
-			}
-		}
-	}
+	spantest.NoneContains(t, spans, secrets...)
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ybrest/testsapi/internal/dbtest"
+	"github.com/ybrest/testsapi/internal/spantest"
 	"github.com/ybrest/testsapi/internal/store"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -100,24 +101,14 @@ func TestTraceBatch(t *testing.T) {
 				t.Errorf("create %d's span links %v, want one link to the batch span", i, s.Links)
 			}
 		}
-		if s.Parent.SpanID() == batch.SpanContext.SpanID() && strings.Contains(attr(s, "db.query.text"), "INSERT INTO test") {
+		if s.Parent.SpanID() == batch.SpanContext.SpanID() && strings.Contains(spantest.Attr(s, "db.query.text"), "INSERT INTO test") {
 			insert = true
 		}
 	}
 	if !insert {
 		t.Errorf("no INSERT statement span under the batch span")
 	}
-	noneContains(t, got, names...)
-}
-
-// attr returns the string form of s's attribute key, "" if it has none.
-func attr(s tracetest.SpanStub, key attribute.Key) string {
-	for _, a := range s.Attributes {
-		if a.Key == key {
-			return a.Value.String()
-		}
-	}
-	return ""
+	spantest.NoneContains(t, got, names...)
 }
 
 // wantAttr checks that s has attribute key with value want.
@@ -132,29 +123,4 @@ func wantAttr(t *testing.T, s tracetest.SpanStub, key attribute.Key, want attrib
 		}
 	}
 	t.Errorf("span %q has no attribute %s", s.Name, key)
-}
-
-// noneContains checks that no span's name, attributes, events or status
-// holds any of secrets.
-func noneContains(t *testing.T, spans tracetest.SpanStubs, secrets ...string) {
-	t.Helper()
-	for _, s := range spans {
-		texts := []string{s.Name, s.Status.Description}
-		for _, a := range s.Attributes {
-			texts = append(texts, a.Value.String())
-		}
-		for _, ev := range s.Events {
-			texts = append(texts, ev.Name)
-			for _, a := range ev.Attributes {
-				texts = append(texts, a.Value.String())
-			}
-		}
-		for _, text := range texts {
-			for _, secret := range secrets {
-				if strings.Contains(text, secret) {
-					t.Errorf("span %q holds %q: %q", s.Name, secret, text)
-				}
-			}
-		}
-	}
 }
