@@ -46,16 +46,11 @@ func (o *options) trace(next http.Handler) http.Handler {
 	// The route is known once chi has routed the request, inside the
 	// span: name the span then, as otelhttp does itself for routes of
 	// net/http's ServeMux (Request.Pattern), which chi does not set.
+	// Deferred, so that a response the handler aborted (a cut export,
+	// http.ErrAbortHandler) is named too.
 	named := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer nameSpan(r)
 		next.ServeHTTP(w, r)
-		span := trace.SpanFromContext(r.Context())
-		if !span.IsRecording() {
-			return // not sampled: nothing to name
-		}
-		if route := metrics.Route(r); route != metrics.Unmatched {
-			span.SetName(r.Method + " " + route)
-			span.SetAttributes(semconv.HTTPRoute(route))
-		}
 	})
 	return otelhttp.NewHandler(named, "",
 		otelhttp.WithTracerProvider(o.tracerProvider),
@@ -67,6 +62,18 @@ func (o *options) trace(next http.Handler) http.Handler {
 		// conventions name a span with no route.
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method }),
 	)
+}
+
+// nameSpan names r's span by the route chi found for it.
+func nameSpan(r *http.Request) {
+	span := trace.SpanFromContext(r.Context())
+	if !span.IsRecording() {
+		return // not sampled: nothing to name
+	}
+	if route := metrics.Route(r); route != metrics.Unmatched {
+		span.SetName(r.Method + " " + route)
+		span.SetAttributes(semconv.HTTPRoute(route))
+	}
 }
 
 // exportSpan is the span of one export's stream, a child of the request's

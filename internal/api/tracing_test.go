@@ -5,18 +5,22 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/api"
 	"github.com/ybrest/testsapi/internal/dbtest"
 	"github.com/ybrest/testsapi/internal/spantest"
 	"github.com/ybrest/testsapi/internal/store"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -382,4 +386,44 @@ func TestTracingNoSecrets(t *testing.T) {
 		t.Fatalf("only %d spans", len(spans))
 	}
 	spantest.NoneContains(t, spans, secrets...)
+}
+
+// TestTracingExportCut: an export cut midway (the database failed after
+// 5000 rows) ends its span with an error status and the rows it sent, and
+// the request span still ends, though the handler aborted the response.
+func TestTracingExportCut(t *testing.T) {
+	t.Parallel()
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	srv := httptest.NewServer(api.NewHandler(slog.New(slog.DiscardHandler), midStreamStore{}, testLimits,
+		api.Tracing(tp, propagation.TraceContext{})))
+	defer srv.Close()
+	res := getExport(t, srv, "application/x-ndjson")
+	_, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err == nil {
+		t.Fatalf("export read to its end, want a cut")
+	}
+	var export, request *tracetest.SpanStub
+	dbtest.WaitFor(t, "the export's and the request's spans", 10*time.Second, func() bool {
+		got := spans.GetSpans()
+		for i, s := range got {
+			switch s.Name {
+			case "export":
+				export = &got[i]
+			case "GET /tests":
+				request = &got[i]
+			}
+		}
+		return export != nil && request != nil
+	})
+	if export.Status.Code != codes.Error {
+		t.Errorf("cut export's span status %v, want Error", export.Status)
+	}
+	if got := spantest.Attr(*export, "testsapi.export.rows"); got != "5000" {
+		t.Errorf("cut export's span rows %q, want 5000", got)
+	}
+	if export.Parent.SpanID() != request.SpanContext.SpanID() {
+		t.Errorf("export span is not under the request span")
+	}
 }
