@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/ybrest/testsapi/internal/metrics"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -11,8 +12,6 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/ybrest/testsapi/internal/metrics"
 )
 
 // instrumentationName names the tracer of the handler's own spans.
@@ -23,8 +22,8 @@ const instrumentationName = "github.com/ybrest/testsapi/internal/api"
 // incoming traceparent header as prop reads it, and named by the route
 // pattern ("GET /tests/{id}"), and a span for each export's stream. The
 // spans record the method, route, path, status, sizes, client address and
-// user agent: never a header's value nor anything of the body or the query
-// string, where names are. Without it (the default) there is no tracing
+// user agent: no other header's value, and nothing of the body or the
+// query string, where names are. Without it (the default) there is no tracing
 // middleware at all.
 func Tracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) Option {
 	return func(o *options) {
