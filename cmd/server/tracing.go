@@ -46,10 +46,12 @@ func tracingOff() bool {
 // middleware or pgx tracer costs anything. The exporter is autoexport's
 // (otlp over http/protobuf or grpc, or console), the sampler and the batch
 // processor read OTEL_TRACES_SAMPLER and OTEL_BSP_* themselves, and the
-// resource OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES. A value any of
-// them does not take is an error here, at start-up, like any of our own
-// variables' (the SDK would only report it and go on with its default).
-// Export errors later are logged as warnings.
+// resource OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES. A value the
+// exporter, the sampler, the propagators or the resource do not take is an
+// error here, at start-up, like any of our own variables' (the SDK would
+// only report the sampler's and the propagators' and go on with its
+// default); the batch processor's own defaults replace bad OTEL_BSP_*
+// values silently. Export errors later are logged as warnings.
 func newTracing(ctx context.Context, log *slog.Logger) (*tracing, error) {
 	if tracingOff() {
 		return nil, nil
@@ -76,7 +78,7 @@ func newTracing(ctx context.Context, log *slog.Logger) (*tracing, error) {
 
 	exp, err := autoexport.NewSpanExporter(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER %q: %w", os.Getenv("OTEL_TRACES_EXPORTER"), err)
+		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER=%s or OTEL_EXPORTER_OTLP_*: %w", os.Getenv("OTEL_TRACES_EXPORTER"), err)
 	}
 	res, err := resource.New(ctx,
 		resource.WithAttributes(semconv.ServiceName(defaultServiceName)),
@@ -90,7 +92,7 @@ func newTracing(ctx context.Context, log *slog.Logger) (*tracing, error) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	if err := taken(); err != nil {
 		_ = tp.Shutdown(ctx)
-		return nil, fmt.Errorf("OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG or OTEL_BSP_*: %w", err)
+		return nil, fmt.Errorf("OTEL_TRACES_SAMPLER or OTEL_TRACES_SAMPLER_ARG: %w", err)
 	}
 	// OTEL_PROPAGATORS; by default W3C Trace Context (the traceparent
 	// header) and W3C Baggage.

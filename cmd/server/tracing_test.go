@@ -216,7 +216,9 @@ func TestTracingConfigErrors(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct{ env, want string }{
 		{"OTEL_TRACES_EXPORTER=jaeger-thrift", "OTEL_TRACES_EXPORTER"},
+		{"OTEL_EXPORTER_OTLP_PROTOCOL=carrier-pigeon", "OTEL_EXPORTER_OTLP_"},
 		{"OTEL_TRACES_SAMPLER=sometimes", "OTEL_TRACES_SAMPLER"},
+		{"OTEL_RESOURCE_ATTRIBUTES=no-value", "OTEL_RESOURCE_ATTRIBUTES"},
 		{"OTEL_PROPAGATORS=carrier-pigeon", "OTEL_PROPAGATORS"},
 	} {
 		t.Run(strings.SplitN(c.env, "=", 2)[0], func(t *testing.T) {
