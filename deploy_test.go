@@ -75,6 +75,48 @@ func TestComposeSingleNode(t *testing.T) {
 	checkDependsOnHealthy(t, api, "yugabytedb")
 }
 
+// TestComposeTracing: with a plain `up` the jaeger service stays off and
+// so does tracing; with --profile tracing and OTEL_TRACES_EXPORTER=otlp the
+// api exports OTLP over HTTP to jaeger, whose UI is published.
+func TestComposeTracing(t *testing.T) {
+	t.Parallel()
+	plain := mustLoadCompose(t, "docker-compose.yml")
+	if _, ok := plain.DisabledServices["jaeger"]; !ok {
+		t.Errorf("jaeger is not a service behind a profile")
+	}
+	if v := mustService(t, plain, "api").Environment["OTEL_TRACES_EXPORTER"]; v == nil || *v != "none" {
+		t.Errorf("api: OTEL_TRACES_EXPORTER %v with a plain `up`, want none (tracing off by default)", v)
+	}
+
+	p := mustLoadCompose(t, "docker-compose.yml", cli.WithProfiles([]string{"tracing"}), cli.WithEnv([]string{"OTEL_TRACES_EXPORTER=otlp"}))
+	checkServiceNames(t, p, "api", "jaeger", "yugabytedb")
+	checkHostPortsUnique(t, p)
+	jaeger := mustService(t, p, "jaeger")
+	if name, tag, _ := strings.Cut(jaeger.Image, ":"); name != "jaegertracing/jaeger" || tag == "" || tag == "latest" {
+		t.Errorf("jaeger: image %q, want jaegertracing/jaeger at a pinned version", jaeger.Image)
+	}
+	checkPublished(t, jaeger, 16686, "16686")
+	checkPublished(t, jaeger, 4318, "4318")
+
+	env := mustService(t, p, "api").Environment
+	value := func(k string) string {
+		if v := env[k]; v != nil {
+			return *v
+		}
+		return ""
+	}
+	if got := value("OTEL_TRACES_EXPORTER"); got != "otlp" {
+		t.Errorf("api: OTEL_TRACES_EXPORTER %q, want otlp from the environment", got)
+	}
+	// OTLP over HTTP (autoexport's default protocol) on jaeger's port.
+	if got := value("OTEL_EXPORTER_OTLP_ENDPOINT"); got != "http://jaeger:4318" {
+		t.Errorf("api: OTEL_EXPORTER_OTLP_ENDPOINT %q, want http://jaeger:4318", got)
+	}
+	if got := value("OTEL_SERVICE_NAME"); got == "" {
+		t.Errorf("api: no OTEL_SERVICE_NAME")
+	}
+}
+
 // TestReadmeNamesImage: the README names the image the compose files run.
 func TestReadmeNamesImage(t *testing.T) {
 	t.Parallel()
@@ -160,14 +202,18 @@ func TestComposeProjectsApart(t *testing.T) {
 	}
 }
 
-func mustLoadCompose(t *testing.T, file string) *types.Project {
+// optionalProfiles are the compose profiles of services that are meant
+// to stay off with a plain `up`.
+var optionalProfiles = []string{"tracing"}
+
+func mustLoadCompose(t *testing.T, file string, with ...cli.ProjectOptionsFn) *types.Project {
 	t.Helper()
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
 	// No OS environment and no .env: the files must not depend on either.
-	opts, err := cli.NewProjectOptions([]string{filepath.Join(wd, file)}, cli.WithWorkingDirectory(wd))
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(wd, file)}, append([]cli.ProjectOptionsFn{cli.WithWorkingDirectory(wd)}, with...)...)
 	if err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
@@ -175,8 +221,10 @@ func mustLoadCompose(t *testing.T, file string) *types.Project {
 	if err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
-	if len(p.DisabledServices) > 0 {
-		t.Errorf("%s: services behind profiles never start with a plain `up`: %v", file, p.DisabledServiceNames())
+	for name, s := range p.DisabledServices {
+		if len(s.Profiles) == 0 || slices.ContainsFunc(s.Profiles, func(p string) bool { return !slices.Contains(optionalProfiles, p) }) {
+			t.Errorf("%s: %s is behind profiles %q: it never starts with a plain `up`", file, name, s.Profiles)
+		}
 	}
 	return p
 }
@@ -353,7 +401,9 @@ func checkAPI(t *testing.T, p *types.Project, api types.ServiceConfig) {
 	}
 	known := serverEnvVars(t)
 	for k, v := range api.Environment {
-		if !known[k] {
+		// OTEL_* are OpenTelemetry's own, read by its SDK
+		// (cmd/server/tracing.go).
+		if !known[k] && !strings.HasPrefix(k, "OTEL_") {
 			t.Errorf("api: environment variable %s is not one the server reads (cmd/server/config.go)", k)
 		}
 		if v == nil {

@@ -17,6 +17,8 @@ import (
 
 // config is the service's configuration, read from the environment. The
 // README's configuration table lists the same variables and defaults.
+// OpenTelemetry's OTEL_* variables are not here: its SDK reads them
+// (tracing.go), and the README's Tracing section lists them.
 type config struct {
 	DatabaseURL       string        `envconfig:"DATABASE_URL" default:"postgres://yugabyte:yugabyte@localhost:5433/yugabyte?sslmode=disable"`
 	HTTPAddr          string        `envconfig:"HTTP_ADDR" default:":8080"`

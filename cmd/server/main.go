@@ -57,6 +57,11 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	lw := newLogWriter(stdout, logFlushInterval)
 	defer lw.Close() // deferred first, so it runs last: after "stopped"
 	log := slog.New(slog.NewJSONHandler(lw, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	tr, err := newTracing(ctx, log) // nil: tracing off
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer tr.shutdown(log) // after the pool's Close: every span has ended
 
 	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -68,11 +73,12 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	poolCfg.MaxConnLifetime = cfg.DBMaxConnLifetime
 	poolCfg.MaxConnLifetimeJitter = cfg.DBMaxConnLifetime / 10
 	poolCfg.ConnConfig.ConnectTimeout = cfg.DBConnectTimeout
-	pool, err := store.NewPool(ctx, poolCfg,
+	pool, err := store.NewPool(ctx, poolCfg, append([]store.PoolOption{
 		store.AcquireTimeout(cfg.DBAcquireTimeout),
 		store.TCPKeepAlive(cfg.DBTCPKeepAlive),
 		store.TCPUserTimeout(cfg.DBTCPUserTimeout),
-		store.IdlePing(cfg.DBIdlePing))
+		store.IdlePing(cfg.DBIdlePing),
+	}, tr.poolOptions()...)...)
 	if err != nil {
 		return fmt.Errorf("database pool: %w", err)
 	}
@@ -81,8 +87,10 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	m.CollectPool(pool.Stat)
 	// A create waiting for its group-commit batch is bounded like a
 	// request waiting for a connection.
-	st := store.New(pool.Pool, store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.Batch),
-		store.OnPageRead(m.PageReaders), store.ObserveErrors(m.DBError))
+	st := store.New(pool.Pool, append([]store.Option{
+		store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.Batch),
+		store.OnPageRead(m.PageReaders), store.ObserveErrors(m.DBError),
+	}, tr.storeOptions()...)...)
 	// Deferred after pool.Close, so it runs first: creates still queued
 	// or in flight get their answer before the pool goes.
 	defer st.Close()
@@ -104,7 +112,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			ExportStallTimeout: cfg.ExportStallTimeout,
 			ImportMaxBytes:     cfg.ImportMaxBytes,
 			ReadTimeout:        cfg.ReadTimeout,
-		}, append(handlerOptions(cfg), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
+		}, append(handlerOptions(cfg, tr), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
@@ -239,8 +247,8 @@ func waitForDatabase(ctx context.Context, log *slog.Logger, st *store.Store, lim
 
 // handlerOptions turns on the handler's optional features the
 // configuration asks for.
-func handlerOptions(cfg config) []api.Option {
-	opts := []api.Option{api.IdempotencyTTL(cfg.IdempotencyTTL)}
+func handlerOptions(cfg config, tr *tracing) []api.Option {
+	opts := append([]api.Option{api.IdempotencyTTL(cfg.IdempotencyTTL)}, tr.handlerOptions()...)
 	if cfg.APIToken != "" {
 		opts = append(opts, api.RequireToken(cfg.APIToken))
 	}

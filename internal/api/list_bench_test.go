@@ -15,6 +15,10 @@ import (
 	"github.com/ybrest/testsapi/internal/api"
 	"github.com/ybrest/testsapi/internal/dbtest"
 	"github.com/ybrest/testsapi/internal/store"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // BenchmarkListPage is GET /tests?limit=100 through the whole handler (the
@@ -25,11 +29,41 @@ import (
 //	go test -run '^$' -bench ListPage -benchmem -count 10 ./internal/api
 //
 // bench/ (make bench) measures the same request under load, against the
-// database's limit.
+// database's limit. Its sub-benchmarks are tracing off (the default), on
+// but not sampled, and on and sampled, exported in batches to an exporter
+// that drops them: what tracing costs the service itself.
 func BenchmarkListPage(b *testing.B) {
+	b.Run("TracingOff", func(b *testing.B) { benchmarkListPage(b, nil) })
+	for _, c := range []struct {
+		name    string
+		sampler sdktrace.Sampler
+	}{
+		{"Unsampled", sdktrace.NeverSample()},
+		{"Sampled", sdktrace.AlwaysSample()},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(c.sampler),
+				sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+			b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+			benchmarkListPage(b, tp)
+		})
+	}
+}
+
+// benchmarkListPage runs BenchmarkListPage with tracing on tp, or off
+// when tp is nil.
+func benchmarkListPage(b *testing.B, tp trace.TracerProvider) {
 	ctx := context.Background()
-	pool := mustPool(b, dbtest.NewSchema(b), nil)
-	st := store.New(pool)
+	var poolOpts []store.PoolOption
+	var storeOpts []store.Option
+	var handlerOpts []api.Option
+	if tp != nil {
+		poolOpts = append(poolOpts, store.TraceStatements(tp))
+		storeOpts = append(storeOpts, store.Tracing(tp))
+		handlerOpts = append(handlerOpts, api.Tracing(tp, propagation.TraceContext{}))
+	}
+	pool := mustPool(b, dbtest.NewSchema(b), nil, poolOpts...)
+	st := store.New(pool, storeOpts...)
 	if _, _, err := st.Migrate(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -44,7 +78,7 @@ func BenchmarkListPage(b *testing.B) {
 	if _, err := pool.CopyFrom(ctx, pgx.Identifier{"test"}, []string{"name"}, rows); err != nil {
 		b.Fatal(err)
 	}
-	h := api.NewHandler(slog.New(slog.NewJSONHandler(io.Discard, nil)), st, testLimits)
+	h := api.NewHandler(slog.New(slog.NewJSONHandler(io.Discard, nil)), st, testLimits, handlerOpts...)
 
 	req := httptest.NewRequest(http.MethodGet, "/tests?limit=100", nil)
 	rec := httptest.NewRecorder()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/ybrest/testsapi/internal/metrics"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // secureHeaders sets headers every response carries. No Server header is
@@ -37,7 +38,8 @@ func accessLog(log *slog.Logger) func(http.Handler) http.Handler {
 					status = http.StatusOK // a handler that wrote nothing (or aborted before writing)
 				}
 				route := metrics.Route(r)
-				log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+				// Room for trace_id, so that adding it does not allocate.
+				attrs := append(make([]slog.Attr, 0, 7),
 					slog.String("request_id", middleware.GetReqID(r.Context())),
 					slog.String("method", r.Method),
 					slog.String("route", route),
@@ -45,6 +47,12 @@ func accessLog(log *slog.Logger) func(http.Handler) http.Handler {
 					slog.Int("bytes", ww.BytesWritten()),
 					slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
 				)
+				// The trace this request is part of (Tracing), sampled or
+				// not, so that its log line and its spans join.
+				if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
+					attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+				}
+				log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 			}()
 			next.ServeHTTP(ww, r)
 		})

@@ -14,6 +14,8 @@ import (
 	testsapi "github.com/ybrest/testsapi"
 	"github.com/ybrest/testsapi/internal/metrics"
 	"github.com/ybrest/testsapi/internal/store"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // testStore is what the handlers need from the store.
@@ -67,7 +69,9 @@ type options struct {
 	idempotencyTTL time.Duration // how long an Idempotency-Key is remembered
 	metrics        *metrics.Metrics
 	serveMetrics   bool
-	corsOrigins    []string // see CORS; none means CORS is off
+	corsOrigins    []string                      // see CORS; none means CORS is off
+	tracerProvider trace.TracerProvider          // see Tracing; nil means no tracing
+	propagator     propagation.TextMapPropagator // see Tracing
 }
 
 // WithMetrics counts and times every request in m and, when serve is true,
@@ -100,8 +104,9 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	// as RFC 9110 expects of every GET resource. instrument sits inside the
 	// access log to reuse its response writer wrapper. lingerBody comes
 	// first, so that the access log and the metrics time the answer, not
-	// the reading of a refused body after it.
-	r.Use(lingerBody, requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
+	// the reading of a refused body after it. trace comes before the
+	// access log, which logs its trace id.
+	r.Use(lingerBody, o.trace, requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
 	if c := o.cors(); c != nil {
 		r.Use(c)
 		allow := func(path string) string { return allowed(r, path) }

@@ -386,7 +386,10 @@ const streamFlushBytes = 32 << 10
 // client sees a truncated response instead of a short one that looks
 // complete.
 func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media string, rows func(context.Context, func(store.Test) error) error, lim Limits) {
-	ctx, cancel := context.WithCancel(r.Context())
+	ctx, span := startExportSpan(r.Context(), media)
+	var cut error // why the stream was cut, for the span
+	defer func() { span.end(cut) }()
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	firstRow := time.AfterFunc(lim.RequestTimeout, cancel)
 	defer firstRow.Stop()
@@ -423,6 +426,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 			start()
 		}
 		stall.row()
+		span.row()
 		// Each line is appended straight into bw's free space, so it is
 		// neither allocated nor copied (unless it is longer than the space
 		// left, which append then allocates for).
@@ -440,6 +444,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 			if ctx.Err() != nil && r.Context().Err() == nil {
 				err = fmt.Errorf("no first row within the request timeout: %w", context.DeadlineExceeded)
 			}
+			cut = err
 			respond(log, w, r, err)
 			return
 		}
@@ -457,6 +462,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 		if r.Context().Err() == nil {
 			logError(log, r, http.StatusOK, err)
 		}
+		cut = err
 		panic(http.ErrAbortHandler)
 	}
 }

@@ -216,5 +216,8 @@ func Route(r *http.Request) string {
 			return p
 		}
 	}
-	return "unmatched"
+	return Unmatched
 }
+
+// Unmatched is Route's answer for a request that matched no route.
+const Unmatched = "unmatched"

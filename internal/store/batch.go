@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Group commit for single-row creates. Create queues its name and waits; a
@@ -83,6 +84,7 @@ type batcher struct {
 	insert       func(ctx context.Context, names []string) ([]Test, error)
 	classify     func(error) error // the Store's, which reports errors to ObserveErrors
 	onBatch      func(size, flights int)
+	tracer       trace.Tracer // see Tracing; nil means no batch spans
 	queueTimeout time.Duration
 	maxFlights   int // at most this many flights: half the pool, leaving the rest for reads
 
@@ -164,7 +166,7 @@ func (b *batcher) fly() {
 		if b.onBatch != nil {
 			b.onBatch(len(batch), flights)
 		}
-		b.send(batch)
+		b.send(batch, flights)
 	}
 }
 
@@ -203,8 +205,8 @@ func (b *batcher) next() (batch []*createReq, flights int) {
 }
 
 // send inserts one batch, answers each of its creates, and times it for
-// the flight control.
-func (b *batcher) send(batch []*createReq) {
+// the flight control. flights is the number running, for its span.
+func (b *batcher) send(batch []*createReq, flights int) {
 	// The statement runs for the whole batch, so one create giving up
 	// must not cancel it for the others; once all of them have given up
 	// nobody waits for the answer, and the statement is cancelled on the
@@ -229,8 +231,15 @@ func (b *batcher) send(batch []*createReq) {
 	slices.Sort(names)
 	names = slices.Compact(names)
 
+	var span trace.Span
+	if b.tracer != nil {
+		ctx, span = b.traceBatch(ctx, batch, flights)
+	}
 	start := time.Now()
 	created, err := b.insert(ctx, names)
+	if span != nil {
+		endBatchSpan(span, len(created), err)
+	}
 	if err != nil {
 		err = fmt.Errorf("create: %w", b.classify(err))
 		for _, r := range batch {

@@ -44,8 +44,14 @@ type batchEnv struct {
 
 func mustBatchEnv(t *testing.T, url string, opts ...store.Option) *batchEnv {
 	t.Helper()
+	return mustBatchEnvPool(t, url, nil, opts...)
+}
+
+// mustBatchEnvPool is mustBatchEnv with poolOpts for the pool.
+func mustBatchEnvPool(t *testing.T, url string, poolOpts []store.PoolOption, opts ...store.Option) *batchEnv {
+	t.Helper()
 	// Room for the lock holders, the flights and the test's own queries.
-	pool := mustPool(t, url, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 })
+	pool := mustPool(t, url, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 }, poolOpts...)
 	e := &batchEnv{pool: pool, url: url}
 	e.st = store.New(pool, append(opts, store.OnBatch(func(size, flights int) {
 		e.mu.Lock()

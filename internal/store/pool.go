@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults of NewPool, the service's own (cmd/server's DB_TCP_KEEPALIVE,
@@ -45,6 +46,7 @@ type poolOptions struct {
 	keepAlive      time.Duration
 	userTimeout    time.Duration
 	idlePing       time.Duration
+	tracer         trace.TracerProvider // see TraceStatements; nil means no statement spans
 }
 
 // AcquireTimeout bounds every wait for a connection (LimitAcquire); it
@@ -76,6 +78,14 @@ func IdlePing(d time.Duration) PoolOption {
 	return func(o *poolOptions) { o.idlePing = d }
 }
 
+// TraceStatements makes a span of tp for every statement, connection
+// acquisition and connect the pool runs under a sampled span of the
+// caller's (otelpgx). Without it (the default) the pool has no tracer and
+// tracing costs nothing. See traceStatements for what the spans record.
+func TraceStatements(tp trace.TracerProvider) PoolOption {
+	return func(o *poolOptions) { o.tracer = tp }
+}
+
 // NewPool returns a pool built from cfg, with every connection set up as
 // the service runs it, so that tests run the same connections:
 //
@@ -84,6 +94,7 @@ func IdlePing(d time.Duration) PoolOption {
 //     the kernel drops a connection to a host that vanished instead of
 //     leaving a statement, or an export, waiting on it for ever;
 //   - LimitAcquire, with AcquireTimeout;
+//   - statement spans, with TraceStatements;
 //   - an idle check (IdlePing): pgxpool pings a connection only when one is
 //     acquired, and its own health check (every HealthCheckPeriod, a
 //     minute) looks only at age and idle time. Without the check, idle
@@ -99,6 +110,9 @@ func NewPool(ctx context.Context, cfg *pgxpool.Config, opts ...PoolOption) (*Poo
 	}
 	cfg = cfg.Copy()
 	ConfigurePool(cfg)
+	if o.tracer != nil {
+		traceStatements(cfg, o.tracer)
+	}
 	if o.acquireTimeout > 0 {
 		LimitAcquire(cfg, o.acquireTimeout)
 	}
