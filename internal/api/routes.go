@@ -67,7 +67,7 @@ type options struct {
 	idempotencyTTL time.Duration // how long an Idempotency-Key is remembered
 	metrics        *metrics.Metrics
 	serveMetrics   bool
-	corsOrigins    []string // see CORS; none means CORS is off
+	corsOrigins    []string                        // see CORS; none means CORS is off
 	compress       func(http.Handler) http.Handler // see Compress; nil means off
 }
 
