@@ -46,7 +46,7 @@ func compressAnswers(minBytes int, gzip, zstd bool) func(http.Handler) http.Hand
 	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if quality(r.Header.Get("Accept"), mediaEventStream) > 0 {
+			if asksEventStream(r.Header.Get("Accept")) {
 				// gzhttp holds a flush that has no bytes yet (an event
 				// stream's headers, sent before its first event) until
 				// minBytes have come: an event stream goes as it is.
@@ -75,6 +75,19 @@ func compressAnswers(minBytes int, gzip, zstd bool) func(http.Handler) http.Hand
 // mediaEventStream is what a server-sent event stream answers (never
 // compressed, see compressAnswers).
 const mediaEventStream = "text/event-stream"
+
+// asksEventStream reports whether accept names text/event-stream itself
+// (as EventSource sends it), not through a wildcard: a client that takes
+// anything (*/*, as curl sends) gets JSON, compressed.
+func asksEventStream(accept string) bool {
+	for _, part := range strings.Split(accept, ",") {
+		mt, _, err := mime.ParseMediaType(part)
+		if err == nil && mt == mediaEventStream && quality(part, mediaEventStream) > 0 {
+			return true
+		}
+	}
+	return false
+}
 
 // compressible says which answers are worth compressing: all but those
 // gzhttp knows to be compressed already, and event streams.

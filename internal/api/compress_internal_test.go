@@ -86,3 +86,21 @@ func TestCompressible(t *testing.T) {
 		}
 	}
 }
+
+func TestAsksEventStream(t *testing.T) {
+	t.Parallel()
+	for accept, want := range map[string]bool{
+		"text/event-stream":                    true,
+		"application/json, text/event-stream":  true,
+		"text/event-stream;q=0.5":              true,
+		"text/event-stream;q=0":                false,
+		"*/*":                                  false,
+		"text/*":                               false,
+		"":                                     false,
+		"application/x-ndjson, text/csv;q=0.9": false,
+	} {
+		if got := asksEventStream(accept); got != want {
+			t.Errorf("asksEventStream(%q) = %v, want %v", accept, got, want)
+		}
+	}
+}
