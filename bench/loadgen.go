@@ -30,6 +30,7 @@ type sample struct {
 	elapsed  time.Duration // the time of the whole run, for runs of one operation (an import, an export)
 	ops      float64       // operations done (requests, transactions, rows)
 	cpu      cpuUse        // where the run's CPU time went
+	wire     int64         // bytes of the HTTP body as sent, for an export
 }
 
 // wrkReport is the line scripts/report.lua prints.
