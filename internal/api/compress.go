@@ -45,30 +45,51 @@ func compressAnswers(minBytes int, gzip, zstd bool) func(http.Handler) http.Hand
 		panic(err) // a negative minBytes or no coding, which the configuration refuses
 	}
 	return func(next http.Handler) http.Handler {
+		compressed := wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				if rec := recover(); rec != nil {
+					// An answer cut after its status (http.ErrAbortHandler):
+					// gzhttp closes its writer on the way out, which would
+					// end the stream cleanly and make a cut export look
+					// whole once decompressed. Nothing more reaches the
+					// client.
+					cutBelow(w)
+					panic(rec)
+				}
+			}()
+			next.ServeHTTP(w, r)
+		}))
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if asksEventStream(r.Header.Get("Accept")) {
+			switch {
+			case asksEventStream(r.Header.Get("Accept")):
 				// gzhttp holds a flush that has no bytes yet (an event
 				// stream's headers, sent before its first event) until
 				// minBytes have come: an event stream goes as it is.
 				next.ServeHTTP(w, r)
-				return
-			}
-			cw := &cutWriter{ResponseWriter: w}
-			wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				defer func() {
-					if rec := recover(); rec != nil {
-						// An answer cut after its status (http.ErrAbortHandler):
-						// gzhttp closes its writer on the way out, which would
-						// end the stream cleanly and make a cut export look
-						// whole once decompressed. Nothing more reaches the
-						// client.
-						cw.cut = true
-						panic(rec)
-					}
-				}()
+			case r.Header.Get("Accept-Encoding") == "":
+				// Nothing to negotiate (wrk, curl without --compressed):
+				// what gzhttp would do, without its writers.
+				w.Header().Add("Vary", "Accept-Encoding")
 				next.ServeHTTP(w, r)
-			})).ServeHTTP(cw, r)
+			default:
+				compressed.ServeHTTP(&cutWriter{ResponseWriter: w}, r)
+			}
 		})
+	}
+}
+
+// cutBelow cuts the cutWriter under w, gzhttp's writer.
+func cutBelow(w http.ResponseWriter) {
+	for {
+		if c, ok := w.(*cutWriter); ok {
+			c.cut = true
+			return
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		w = u.Unwrap()
 	}
 }
 

@@ -407,7 +407,10 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 		if err := bw.Flush(); err != nil || !more {
 			return err
 		}
-		return rc.Flush()
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+		return nil
 	}
 	format := exportFormats[media]
 	started := false // the status and headers are written
