@@ -47,8 +47,10 @@ type config struct {
 	LogLevel           slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
 	IdempotencyTTL     time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
 	// Compression lists the codings offered for answers: gzip, zstd, or
-	// both; "off" (alone) offers none.
-	Compression      []string `envconfig:"COMPRESSION" default:"gzip,zstd"`
+	// both; "off" (alone) offers none. zstd is not offered by default: on
+	// names like real ones it compressed no better than gzip and cost
+	// about as much (BENCHMARKS.md, Compressed exports).
+	Compression      []string `envconfig:"COMPRESSION" default:"gzip"`
 	CompressMinBytes int      `envconfig:"COMPRESS_MIN_BYTES" default:"1024"`
 	// CORSAllowedOrigins is comma-separated; none (the default) means
 	// CORS is off.
