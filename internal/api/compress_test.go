@@ -511,13 +511,13 @@ func TestGzipRequestBodies(t *testing.T) {
 }
 
 // TestGzipBombMemory: a gzip body that inflates to 1 GiB of blank lines
-// (about 1 MB sent) against an import limit of 16 MiB is read as a stream
+// (about 1 MB sent) against an import limit of 4 MiB is read as a stream
 // up to the limit and refused: what the service allocates meanwhile is a
 // few buffers, not the body. Not parallel, so that the process's
 // allocation count is this test's.
 func TestGzipBombMemory(t *testing.T) {
 	lim := testLimits
-	lim.ImportMaxBytes = 16 << 20
+	lim.ImportMaxBytes = 4 << 20
 	e := mustEnvURL(t, dbtest.NewSchema(t), lim)
 	// 1024 gzip members of 1 MiB of newlines each: gzip readers take
 	// concatenated members as one stream (RFC 1952 §2.2), as this one does.
