@@ -31,6 +31,7 @@ type sample struct {
 	ops      float64       // operations done (requests, transactions, rows)
 	cpu      cpuUse        // where the run's CPU time went
 	note     string        // more that ours's run measured, for its round's line
+	wire     int64         // bytes of the HTTP body as sent, for an export
 }
 
 // wrkReport is the line scripts/report.lua prints.

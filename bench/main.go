@@ -40,23 +40,24 @@ import (
 
 // options are the command's flags.
 type options struct {
-	rounds       int
-	duration     time.Duration
-	warmup       time.Duration
-	clients      int
-	threads      int
-	rows         int
-	exportRows   int
-	bulkRequests int
-	bulkSize     int
-	bulkParallel int
-	only         map[string]bool
-	pprofDir     string
-	serverEnv    []string
-	compare      []string
-	smoke        bool
-	latencies    []time.Duration // added each way between the clients and the database; 0 is direct
-	jitter       time.Duration   // plus or minus, on every latency above 0; -1: half the latency
+	rounds          int
+	duration        time.Duration
+	warmup          time.Duration
+	clients         int
+	threads         int
+	rows            int
+	exportRows      int
+	bulkRequests    int
+	bulkSize        int
+	bulkParallel    int
+	only            map[string]bool
+	pprofDir        string
+	serverEnv       []string
+	compare         []string
+	smoke           bool
+	clientBandwidth int64           // KB/s between the server and the export workloads' client; 0 is direct
+	latencies       []time.Duration // added each way between the clients and the database; 0 is direct
+	jitter          time.Duration   // plus or minus, on every latency above 0; -1: half the latency
 }
 
 func main() {
@@ -91,6 +92,7 @@ func parseFlags(args []string) (options, error) {
 	compare := fs.String("compare", "", `instead of the table: ours of the one workload -only names against one server per variant, round-robin, e.g. "DB_MAX_CONNS=8;DB_MAX_CONNS=32 GOGC=200;" (variants split at ";", the empty one is the defaults)`)
 	latencies := fs.String("db-latency", "0", "comma-separated latencies added each way between the database and its clients (the server, pgbench, psql) by a proxy; every workload runs at each; 0 is direct, on loopback")
 	fs.DurationVar(&o.jitter, "db-jitter", -1, "plus or minus this on every -db-latency above 0 (whole milliseconds, toxiproxy's unit); default half the latency")
+	fs.Int64Var(&o.clientBandwidth, "client-bandwidth", 0, "KB/s: the export workloads read through a proxy in front of the server that limits what it sends to this (a client across a slow link; 12500 is 100 Mbit/s); 0 is direct")
 	smoke := fs.Bool("smoke", false, "one tiny round of everything, to check that the harness works (CI); overrides the sizes")
 	fs.Func("server-env", "NAME=VALUE for the server's environment, e.g. DB_MAX_CONNS=8 (repeatable)", func(s string) error {
 		if !strings.Contains(s, "=") {
@@ -149,6 +151,10 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-db-jitter must be whole milliseconds")
 	case len(o.compare) > 0 && len(o.latencies) != 1:
 		return o, errors.New("-compare takes one -db-latency")
+	case o.clientBandwidth < 0:
+		return o, errors.New("-client-bandwidth must be 0 (direct) or more")
+	case o.clientBandwidth > 0 && len(o.compare) > 0:
+		return o, errors.New("-client-bandwidth does not go with -compare")
 	case o.rows < 1 || o.exportRows < 1 || o.bulkRequests < 1 || o.bulkSize < 1 || o.bulkParallel < 1:
 		return o, errors.New("sizes must be at least 1")
 	}
@@ -234,6 +240,7 @@ func run(ctx context.Context, o options) error {
 	for _, lv := range levels {
 		fmt.Printf("\nDatabase %s:\n\n", lv)
 		printTable(os.Stdout, lv.results)
+		printWireTable(os.Stdout, lv.results)
 	}
 	if len(levels) > 1 {
 		fmt.Println("\nMedian ratios by database latency:")
@@ -282,6 +289,18 @@ func (b *bench) runLevel(ctx context.Context, url, port string) ([]result, error
 	defer srv.stop()
 	b.srv = srv
 	fmt.Printf("server: pid %d on %s, environment %q\n", srv.pid(), srv.base, o.serverEnv)
+	if o.clientBandwidth > 0 {
+		px, err := dbtest.StartProxy(strings.TrimPrefix(srv.base, "http://"))
+		if err != nil {
+			return nil, err
+		}
+		defer func() { b.clientProxy = nil; px.Close() }()
+		if err := px.Bandwidth(o.clientBandwidth); err != nil {
+			return nil, err
+		}
+		b.clientProxy = px
+		fmt.Printf("client proxy: toxiproxy on %s in front of the server, %d KB/s to the client, for the exports\n", px.Addr(), o.clientBandwidth)
+	}
 	var results []result
 	for _, w := range b.workloads() {
 		if len(o.only) > 0 && !o.only[w.key] {

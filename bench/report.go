@@ -117,6 +117,9 @@ func printTable(w io.Writer, results []result) {
 		peak := slices.Max(r.column(func(rd round) float64 { return float64(rd.peakRSS) }))
 		maxGrowth := slices.Max(r.column(func(rd round) float64 { return float64(rd.growth) }))
 		target := fmt.Sprintf(">= %.2f", r.w.target)
+		if r.w.target == 0 {
+			target = "none"
+		}
 		if r.w.maxGrowth > 0 {
 			target += ", growth < " + mib(r.w.maxGrowth)
 		}
@@ -131,6 +134,35 @@ func printTable(w io.Writer, results []result) {
 			strings.Join(ratios, ", "), r.medianRatio(), target, verdict, latency,
 			mib(int64(peak)), growth(int64(maxGrowth)))
 	}
+}
+
+// printWireTable writes, for the workloads that count the bytes of their
+// answers (the exports), what one row cost on the wire and in the
+// server's CPU, as a Markdown table; nothing when none did.
+func printWireTable(w io.Writer, results []result) {
+	var rs []result
+	for _, r := range results {
+		if r.rounds[0].a.wire > 0 {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\n| workload | bytes on the wire | bytes/row | server CPU µs/row | client CPU µs/row | ours (median) | whole export | other load |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, r := range rs {
+		med := func(f func(rd round) float64) float64 { return median(r.column(f)) }
+		wire := med(func(rd round) float64 { return float64(rd.a.wire) })
+		fmt.Fprintf(w, "| %s | %s | %.1f | %.3f | %.3f | %s %s | %s | %.2f cores |\n", r.w.name, mib(int64(wire)),
+			wire/med(func(rd round) float64 { return rd.a.ops }),
+			med(func(rd round) float64 { return float64(rd.a.cpu.server.Nanoseconds()) / 1e3 / rd.a.ops }),
+			med(func(rd round) float64 { return float64(rd.a.cpu.client.Nanoseconds()) / 1e3 / rd.a.ops }),
+			fmtRate(med(func(rd round) float64 { return rd.a.rate })), r.w.unit,
+			fmtDuration(time.Duration(med(func(rd round) float64 { return float64(rd.a.elapsed) }))),
+			med(func(rd round) float64 { return rd.a.cpu.other.Seconds() / rd.a.cpu.wall.Seconds() }))
+	}
+	fmt.Fprintln(w, "\n(medians of the rounds; client CPU includes decompressing, and the proxy when -client-bandwidth is set)")
 }
 
 // printLatencyTable writes the median ratio of every workload at every
@@ -169,12 +201,16 @@ func printLatencyTable(w io.Writer, levels []level) {
 				continue
 			}
 			name = r.w.name
-			if t := fmt.Sprintf("%.2f", r.w.target); !slices.Contains(targets, t) {
+			t := ">= " + fmt.Sprintf("%.2f", r.w.target)
+			if r.w.target == 0 {
+				t = "none"
+			}
+			if !slices.Contains(targets, t) {
 				targets = append(targets, t)
 			}
 			line += fmt.Sprintf(" %.3f (%s) |", r.medianRatio(), fmtRate(median(r.column(func(rd round) float64 { return rd.a.rate }))))
 		}
-		fmt.Fprintf(w, "| %s |%s >= %s |\n", name, line, strings.Join(targets, " / "))
+		fmt.Fprintf(w, "| %s |%s %s |\n", name, line, strings.Join(targets, " / "))
 	}
 	fmt.Fprintln(w, "\n(median ratio ours/limit, and ours in its unit, per database latency each way)")
 }

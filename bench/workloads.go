@@ -13,6 +13,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ybrest/testsapi/internal/dbtest"
 )
 
 // bench is one benchmark run: its options, tools, database and server.
@@ -27,6 +31,18 @@ type bench struct {
 	// or the proxy in front of it, and the latency the proxy adds each way.
 	dbURL, dbPort string
 	latency       time.Duration
+	// clientProxy is the proxy in front of the server that
+	// -client-bandwidth adds for the export workloads, or nil.
+	clientProxy *dbtest.Proxy
+}
+
+// exportBase is where the export workloads send their requests: the
+// server, or the proxy in front of it.
+func (b *bench) exportBase() string {
+	if b.clientProxy != nil {
+		return "http://" + b.clientProxy.Addr()
+	}
+	return b.srv.base
 }
 
 // atLatency is loopback's target, or the one for a database 2 ms or more
@@ -54,7 +70,8 @@ type workload struct {
 }
 
 // workloadKeys are the workloads in the order they run.
-var workloadKeys = []string{"page", "pages", "create", "import", "file-import", "export-ndjson", "export-csv"}
+var workloadKeys = []string{"page", "pages", "create", "import", "file-import", "export-ndjson", "export-csv",
+	"export-ndjson-gzip", "export-csv-gzip", "export-ndjson-zstd"}
 
 func isWorkloadKey(k string) bool { return slices.Contains(workloadKeys, k) }
 
@@ -132,25 +149,36 @@ func (b *bench) workloads() []workload {
 		b:      b.importCopy,
 	},
 		b.fileImportWorkload(), // fileimport.go
-		b.exportWorkload("export-ndjson", "export NDJSON", "application/x-ndjson", 0),
-		b.exportWorkload("export-csv", "export CSV", "text/csv", 1), // and the header line
+		b.exportWorkload("export-ndjson", "export NDJSON", "application/x-ndjson", "", 0),
+		b.exportWorkload("export-csv", "export CSV", "text/csv", "", 1), // and the header line
+		b.exportWorkload("export-ndjson-gzip", "export NDJSON, gzip", "application/x-ndjson", "gzip", 0),
+		b.exportWorkload("export-csv-gzip", "export CSV, gzip", "text/csv", "gzip", 1),
+		b.exportWorkload("export-ndjson-zstd", "export NDJSON, zstd", "application/x-ndjson", "zstd", 0),
 	}
 }
 
-// exportWorkload is GET /tests as accept, whose body has extra lines
-// besides the rows, against psql's COPY TO STDOUT.
-func (b *bench) exportWorkload(key, name, accept string, extra int) workload {
+// exportWorkload is GET /tests as accept, in coding ("" for none), whose
+// body has extra lines besides the rows, against psql's COPY TO STDOUT.
+// A compressed export has no target (issue 15 asks what it costs and
+// gains, which the wire bytes and the CPU per row say).
+func (b *bench) exportWorkload(key, name, accept, coding string, extra int) workload {
+	ours := "GET /tests, Accept: " + accept
+	target := 1.0
+	if coding != "" {
+		ours += ", Accept-Encoding: " + coding
+		target = 0
+	}
 	return workload{
 		key:       key,
 		name:      name,
-		ours:      "GET /tests, Accept: " + accept + " (Go client)",
+		ours:      ours + " (Go client, decompressing)",
 		limit:     "psql: COPY (SELECT id, name FROM test ORDER BY id) TO STDOUT",
 		unit:      "rows/s",
-		target:    1.0,
+		target:    target,
 		maxGrowth: 32 << 20,
 		rows:      b.opts.exportRows,
 		a: func(ctx context.Context, _ int) (sample, error) {
-			return b.exportOurs(ctx, accept, extra)
+			return b.exportOurs(ctx, accept, coding, extra)
 		},
 		b: b.exportCopy,
 	}
@@ -223,6 +251,9 @@ func (b *bench) runWorkload(ctx context.Context, w workload) (result, error) {
 			fmtCPU(r.a.cpu, r.a.ops, true), fmtCPU(r.b.cpu, r.b.ops, false))
 		if r.a.note != "" {
 			fmt.Printf("            ours %s\n", r.a.note)
+		}
+		if r.a.wire > 0 {
+			fmt.Printf("            ours on the wire: %s, %.1f bytes/row\n", mib(r.a.wire), float64(r.a.wire)/r.a.ops)
 		}
 	}
 	fmt.Printf("   median ratio %.3f (target >= %.2f)\n", res.medianRatio(), w.target)
@@ -403,14 +434,19 @@ func (b *bench) importCopy(ctx context.Context, round int) (sample, error) {
 	return sample{rate: float64(n) / d.Seconds(), elapsed: d, ops: float64(n)}, nil
 }
 
-// exportOurs reads the whole table as accept and checks that every row
-// came (extra is the header line of CSV).
-func (b *bench) exportOurs(ctx context.Context, accept string, extra int) (sample, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.srv.base+"/tests", nil)
+// exportOurs reads the whole table as accept, in coding ("" for none),
+// decompressing as it reads, and checks that every row came (extra is the
+// header line of CSV) and how many bytes the body took on the wire.
+func (b *bench) exportOurs(ctx context.Context, accept, coding string, extra int) (sample, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.exportBase()+"/tests", nil)
 	if err != nil {
 		return sample{}, err
 	}
 	req.Header.Set("Accept", accept)
+	if coding != "" {
+		req.Header.Set("Accept-Encoding", coding)
+	}
+	// The Go client's own gzip off: the harness counts the bytes as sent.
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	defer client.CloseIdleConnections()
 	var lc lineCounter
@@ -424,14 +460,47 @@ func (b *bench) exportOurs(ctx context.Context, accept string, extra int) (sampl
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
 		return sample{}, fmt.Errorf("GET /tests: %s: %s", resp.Status, msg)
 	}
-	if _, err := io.Copy(&lc, resp.Body); err != nil {
-		return sample{}, fmt.Errorf("GET /tests (%s): %w", accept, err)
+	if got := resp.Header.Get("Content-Encoding"); got != coding {
+		return sample{}, fmt.Errorf("GET /tests (%s): Content-Encoding %q, want %q", accept, got, coding)
+	}
+	wire := &countingReader{r: resp.Body}
+	body, err := decompressor(coding, wire)
+	if err == nil {
+		_, err = io.Copy(&lc, body)
+	}
+	if err != nil {
+		return sample{}, fmt.Errorf("GET /tests (%s, %s): %w", accept, coding, err)
 	}
 	d := time.Since(start)
 	if want := int64(b.opts.exportRows + extra); lc.lines != want {
 		return sample{}, fmt.Errorf("GET /tests (%s): %d lines, want %d", accept, lc.lines, want)
 	}
-	return sample{rate: float64(b.opts.exportRows) / d.Seconds(), elapsed: d, ops: float64(b.opts.exportRows)}, nil
+	return sample{rate: float64(b.opts.exportRows) / d.Seconds(), elapsed: d, ops: float64(b.opts.exportRows), wire: wire.n}, nil
+}
+
+// decompressor reads r decoded from coding ("" for none).
+func decompressor(coding string, r io.Reader) (io.Reader, error) {
+	switch coding {
+	case "":
+		return r, nil
+	case "gzip":
+		return gzip.NewReader(r)
+	case "zstd":
+		return zstd.NewReader(r)
+	}
+	return nil, fmt.Errorf("unknown coding %q", coding)
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // exportCopy is the database's own export with psql, read to the end here

@@ -48,6 +48,12 @@ type config struct {
 	MaxExports         int           `envconfig:"MAX_EXPORTS" default:"4"`
 	LogLevel           slog.Level    `envconfig:"LOG_LEVEL" default:"info"`
 	IdempotencyTTL     time.Duration `envconfig:"IDEMPOTENCY_TTL" default:"24h"`
+	// Compression lists the codings offered for answers: gzip, zstd, or
+	// both; "off" (alone) offers none. zstd is not offered by default: on
+	// names like real ones it compressed no better than gzip and cost
+	// about as much (BENCHMARKS.md, Compressed exports).
+	Compression      []string `envconfig:"COMPRESSION" default:"gzip"`
+	CompressMinBytes int      `envconfig:"COMPRESS_MIN_BYTES" default:"1024"`
 	// CORSAllowedOrigins is comma-separated; none (the default) means
 	// CORS is off.
 	CORSAllowedOrigins []string `envconfig:"CORS_ALLOWED_ORIGINS"`
@@ -123,6 +129,10 @@ func rules(c config) []rule {
 			fmt.Sprintf("must be at least 1 and less than DB_MAX_CONNS (%d), since each export holds a connection and the other requests need one too", c.DBMaxConns)},
 		{"IDEMPOTENCY_TTL", c.IdempotencyTTL.String(), c.IdempotencyTTL >= c.RequestTimeout,
 			fmt.Sprintf("must be at least REQUEST_TIMEOUT (%s), since a key must outlive the request that made it", c.RequestTimeout)},
+		{"COMPRESSION", strings.Join(c.Compression, ","), validCompression(c.Compression),
+			`must be "off" or gzip, zstd or both, comma-separated, since those are the codings the service can compress answers in`},
+		{"COMPRESS_MIN_BYTES", strconv.Itoa(c.CompressMinBytes), c.CompressMinBytes >= 0 && c.CompressMinBytes <= 1<<20,
+			"must be from 0 to 1048576, since it is the smallest answer compressed and the service holds that much of each answer before it decides (below a packet, about 1,400 bytes, compressing saves no packet)"},
 		{"CORS_ALLOWED_ORIGINS", strings.Join(c.CORSAllowedOrigins, ","), validOrigins(c.CORSAllowedOrigins),
 			`must be "*" or origins as a browser sends them (http or https, a host, an optional port, no path, not even "/"), comma-separated`},
 	}
@@ -156,6 +166,22 @@ func parseError(c config, err error) error {
 		return fmt.Errorf("%s: %q is not a log level: debug, info, warn or error", pe.KeyName, pe.Value)
 	}
 	return fmt.Errorf("%s: %q is not a %s: %w", pe.KeyName, pe.Value, pe.TypeName, pe.Err)
+}
+
+// validCompression reports whether codings is "off" alone, or gzip and
+// zstd, each at most once.
+func validCompression(codings []string) bool {
+	if len(codings) == 1 && codings[0] == "off" {
+		return true
+	}
+	seen := map[string]bool{}
+	for _, c := range codings {
+		if c != "gzip" && c != "zstd" || seen[c] {
+			return false
+		}
+		seen[c] = true
+	}
+	return len(codings) > 0
 }
 
 // validOrigins reports whether every origin is "*" or an origin as a

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -254,6 +255,10 @@ func handlerOptions(cfg config, tr *tracing) []api.Option {
 	}
 	if len(cfg.CORSAllowedOrigins) > 0 {
 		opts = append(opts, api.CORS(cfg.CORSAllowedOrigins))
+	}
+	if !slices.Equal(cfg.Compression, []string{"off"}) {
+		opts = append(opts, api.Compress(cfg.CompressMinBytes,
+			slices.Contains(cfg.Compression, "gzip"), slices.Contains(cfg.Compression, "zstd")))
 	}
 	return opts
 }

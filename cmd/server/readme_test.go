@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,9 +21,9 @@ import (
 // database and compares what they print with what the README shows, so an example cannot drift from the
 // server. The rules, which the README's API section states:
 //   - localhost:8080 in a command is the test server's address;
-//   - the Date, X-Request-Id and X-Content-Type-Options headers are left out of the README, so they are
-//     dropped from what curl prints before comparing; every other header must be there, in the order the
-//     server sent it;
+//   - the Date, X-Request-Id and X-Content-Type-Options headers, and the line Vary: Accept-Encoding, are
+//     left out of the README, so they are dropped from what curl prints before comparing; every other
+//     header must be there, in the order the server sent it;
 //   - a line "..." in the README stands for any number of lines (zero included);
 //   - a comment line just before a block, `<!-- readme-test: env NAME=VALUE ... -->`, runs that block's
 //     commands against a server started with those variables (same database), and `<!-- readme-test:
@@ -93,8 +94,12 @@ func parseReadme(text string) ([]readmeExample, error) {
 	return out, sc.Err()
 }
 
-// leftOut are the headers the README does not show.
-var leftOut = []string{"date:", "x-request-id:", "x-content-type-options:"}
+// leftOut are the headers the README does not show; leftOutLines are header lines it does not show,
+// whole (every response varies on Accept-Encoding, but a Vary naming anything else is shown).
+var (
+	leftOut      = []string{"date:", "x-request-id:", "x-content-type-options:"}
+	leftOutLines = []string{"vary: accept-encoding"}
+)
 
 // normalize turns what a command printed into the README's form: LF line ends, the left-out headers
 // dropped (from an HTTP head only), trailing blank lines dropped.
@@ -109,6 +114,7 @@ func normalize(out []byte) []string {
 			for _, h := range leftOut {
 				drop = drop || strings.HasPrefix(lower, h)
 			}
+			drop = drop || slices.Contains(leftOutLines, lower)
 			if !drop {
 				kept = append(kept, lines[i])
 			}

@@ -51,13 +51,21 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, types ...stri
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return nil, err
-		}
-		return nil, badRequest("The request body could not be read.")
+		return nil, readError(err)
 	}
 	return body, nil
+}
+
+// readError is the error of a body that could not be read: too large
+// (413, as MaxBytesError; decompressed, for a gzip body), not valid gzip
+// (400, as *codingError), or cut off.
+func readError(err error) error {
+	var tooBig *http.MaxBytesError
+	var badGzip *codingError
+	if errors.As(err, &tooBig) || errors.As(err, &badGzip) {
+		return err
+	}
+	return badRequest("The request body could not be read.")
 }
 
 // checkContentType accepts v when it is one of types, with no parameter but

@@ -59,32 +59,49 @@ func etagList(v string) (tags []string, any, ok bool) {
 	return tags, false, len(tags) > 0
 }
 
-// notModified reports whether r's If-None-Match names etag (the weak
-// comparison of RFC 9110 §8.8.3.2: a W/ prefix does not matter), in which
-// case the answer is a 304.
-func notModified(r *http.Request, etag string) bool {
+// baseTag is tag less the suffix that marks a compressed representation's
+// ETag ("abc-gzip", "abc-zstd"; see compressAnswers): a compressed page
+// has a strong ETag of its own, as RFC 9110 §8.8.3 asks of a different
+// representation, and it validates the same state as the identity one.
+func baseTag(tag string) string {
+	for _, suffix := range []string{etagGzipSuffix, "-zstd"} {
+		if t, ok := strings.CutSuffix(tag, suffix+`"`); ok {
+			return t + `"`
+		}
+	}
+	return tag
+}
+
+// notModified returns the entity tag of r's If-None-Match that names etag
+// (the weak comparison of RFC 9110 §8.8.3.2: a W/ prefix does not matter,
+// nor does the suffix of a compressed representation), in which case the
+// answer is a 304 carrying that tag, so that a cache holding the
+// compressed representation, or the identity one, is told to use what it
+// has; "" when none does.
+func notModified(r *http.Request, etag string) string {
 	h := r.Header.Values("If-None-Match")
 	if len(h) == 0 {
-		return false
+		return ""
 	}
 	tags, any, ok := etagList(strings.Join(h, ","))
 	if !ok {
-		return false // a malformed condition is ignored, as RFC 9110 allows
+		return "" // a malformed condition is ignored, as RFC 9110 allows
 	}
 	if any {
-		return true
+		return etag
 	}
 	for _, t := range tags {
-		if strings.TrimPrefix(t, "W/") == etag {
-			return true
+		if t = strings.TrimPrefix(t, "W/"); baseTag(t) == etag {
+			return t
 		}
 	}
-	return false
+	return ""
 }
 
 // ifMatch returns the condition of r's If-Match header on the current
-// representation's ETag (the strong comparison: a weak tag never matches),
-// or nil when r has none. A malformed header is a 400.
+// representation's ETag (the strong comparison: a weak tag never matches;
+// the ETag of a compressed representation of it does), or nil when r has
+// none. A malformed header is a 400.
 func ifMatch(r *http.Request) (func(etag string) bool, error) {
 	h := r.Header.Values("If-Match")
 	if len(h) == 0 {
@@ -99,7 +116,7 @@ func ifMatch(r *http.Request) (func(etag string) bool, error) {
 			return true
 		}
 		for _, t := range tags {
-			if t == etag {
+			if baseTag(t) == etag {
 				return true
 			}
 		}
@@ -117,8 +134,8 @@ func writeNotModified(w http.ResponseWriter, etag string) {
 // writeTagged answers body with its ETag, or a 304 when r already has it.
 func writeTagged(w http.ResponseWriter, r *http.Request, contentType string, body []byte) {
 	etag := etagOf(body)
-	if notModified(r, etag) {
-		writeNotModified(w, etag)
+	if tag := notModified(r, etag); tag != "" {
+		writeNotModified(w, tag)
 		return
 	}
 	w.Header().Set("ETag", etag)

@@ -89,7 +89,8 @@ func mustPool(t testing.TB, url string, configure func(*pgxpool.Config), opts ..
 type response struct {
 	status int
 	header http.Header
-	body   []byte
+	body   []byte // decoded, when it has a Content-Encoding
+	wire   []byte // as sent
 }
 
 func (r response) json(t *testing.T, v any) {
@@ -133,7 +134,10 @@ func serve(t *testing.T, h http.Handler, req *http.Request) response {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
-	res := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
+	res := response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes(), wire: rec.Body.Bytes()}
+	if ce := res.header.Get("Content-Encoding"); ce != "" {
+		res.body = decoded(t, ce, res.wire)
+	}
 	checkSpec(t, req, res)
 	return res
 }

@@ -284,16 +284,6 @@ func (ir *importReader) readLine() (int64, []byte, error) {
 	return n, bytes.TrimSuffix(b, []byte{'\r'}), nil
 }
 
-// readError is the error of a body that could not be read: too large
-// (413, as MaxBytesError), or cut off.
-func readError(err error) error {
-	var tooBig *http.MaxBytesError
-	if errors.As(err, &tooBig) {
-		return err
-	}
-	return badRequest("The request body could not be read.")
-}
-
 // readNDJSON reads one line of NDJSON: one item as POST takes it, under
 // the same rules (parseCreate).
 func (ir *importReader) readNDJSON() (int64, string, []fieldError, error) {

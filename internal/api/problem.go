@@ -56,12 +56,21 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 	var reqErr *requestError
 	var tooBig *http.MaxBytesError
 	var atLine *store.LineConflictError
+	var badGzip *codingError
 	switch {
 	case errors.As(err, &reqErr):
 		writeProblem(w, reqErr.status, reqErr.detail, reqErr.errors)
 	case errors.As(err, &tooBig):
 		writeProblem(w, http.StatusRequestEntityTooLarge,
 			"The request body is larger than the limit of "+itoa(tooBig.Limit)+" bytes.", nil)
+	case errors.Is(err, errUnknownCoding):
+		// RFC 9110 §15.5.16: say which codings would do.
+		w.Header().Set("Accept-Encoding", "gzip")
+		writeProblem(w, http.StatusUnsupportedMediaType,
+			"Content-Encoding must be gzip (or identity, or none): the request body cannot be decoded.", nil)
+	case errors.As(err, &badGzip):
+		writeProblem(w, http.StatusBadRequest,
+			"The request body is not valid gzip, as its Content-Encoding says it is.", nil)
 	case errors.Is(err, store.ErrKeyInFlight):
 		w.Header().Set("Retry-After", retryAfter)
 		writeProblem(w, http.StatusConflict,

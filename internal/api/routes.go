@@ -69,9 +69,10 @@ type options struct {
 	idempotencyTTL time.Duration // how long an Idempotency-Key is remembered
 	metrics        *metrics.Metrics
 	serveMetrics   bool
-	corsOrigins    []string                      // see CORS; none means CORS is off
-	tracerProvider trace.TracerProvider          // see Tracing; nil means no tracing
-	propagator     propagation.TextMapPropagator // see Tracing
+	corsOrigins    []string                        // see CORS; none means CORS is off
+	tracerProvider trace.TracerProvider            // see Tracing; nil means no tracing
+	propagator     propagation.TextMapPropagator   // see Tracing
+	compress       func(http.Handler) http.Handler // see Compress; nil means off
 }
 
 // WithMetrics counts and times every request in m and, when serve is true,
@@ -92,6 +93,14 @@ func (o *options) instrument(next http.Handler) http.Handler {
 	return o.metrics.Middleware(next)
 }
 
+// compressor is the compression middleware, or nothing when it is off.
+func (o *options) compressor(next http.Handler) http.Handler {
+	if o.compress == nil {
+		return next
+	}
+	return o.compress(next)
+}
+
 // NewHandler returns the service's HTTP handler: every route and its
 // middleware, in the order openapi.yaml lists them.
 func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http.Handler {
@@ -105,8 +114,13 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 	// access log to reuse its response writer wrapper. lingerBody comes
 	// first, so that the access log and the metrics time the answer, not
 	// the reading of a refused body after it. trace comes before the
-	// access log, which logs its trace id.
-	r.Use(lingerBody, o.trace, requestID, secureHeaders, accessLog(log), o.instrument, recoverer(log), middleware.GetHead)
+	// access log, which logs its trace id. Compression sits inside the
+	// access log, which counts the bytes sent (compressed), and outside
+	// recoverer, whose cut of a begun answer must pass through it (see
+	// compressAnswers); request bodies are decoded before any handler reads
+	// them, under its limits.
+	r.Use(lingerBody, o.trace, requestID, secureHeaders, accessLog(log), o.instrument, o.compressor, recoverer(log),
+		decodeBodies(log), middleware.GetHead)
 	if c := o.cors(); c != nil {
 		r.Use(c)
 		allow := func(path string) string { return allowed(r, path) }

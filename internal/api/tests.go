@@ -399,11 +399,21 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 	bw := bufio.NewWriterSize(w, streamFlushBytes)
 	// Bytes reach the connection only here, so each write gets a fresh
 	// deadline: a long export is fine, a client that stops reading is not.
-	flush := func() error {
+	// Mid-stream (more is true) the answer is flushed through to the
+	// connection too: compressed, each flush is then a chunk the client
+	// can decompress at once, instead of output held in the compressor;
+	// at the end, the handler's return finishes the answer.
+	flush := func(more bool) error {
 		stall.writing(true)
 		defer stall.writing(false)
 		_ = rc.SetWriteDeadline(time.Now().Add(lim.WriteTimeout))
-		return bw.Flush()
+		if err := bw.Flush(); err != nil || !more {
+			return err
+		}
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+		return nil
 	}
 	format := exportFormats[media]
 	started := false // the status and headers are written
@@ -435,7 +445,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 			return err
 		}
 		if bw.Buffered() >= streamFlushBytes/2 {
-			return flush()
+			return flush(true)
 		}
 		return nil
 	})
@@ -453,7 +463,7 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 		start()
 	}
 	if err == nil {
-		err = flush()
+		err = flush(false)
 	}
 	if err != nil {
 		if stall.fired() {

@@ -34,6 +34,27 @@ func (e HealthStatus) Valid() bool {
 	}
 }
 
+// Defines values for ContentEncoding.
+const (
+	ContentEncodingGzip     ContentEncoding = "gzip"
+	ContentEncodingIdentity ContentEncoding = "identity"
+	ContentEncodingXGzip    ContentEncoding = "x-gzip"
+)
+
+// Valid indicates whether the value is a known member of the ContentEncoding enum.
+func (e ContentEncoding) Valid() bool {
+	switch e {
+	case ContentEncodingGzip:
+		return true
+	case ContentEncodingIdentity:
+		return true
+	case ContentEncodingXGzip:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for GetDocsAssetParamsAsset.
 const (
 	DocsJs            GetDocsAssetParamsAsset = "docs.js"
@@ -49,6 +70,48 @@ func (e GetDocsAssetParamsAsset) Valid() bool {
 	case SwaggerUiBundleJs:
 		return true
 	case SwaggerUiCss:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CreateTestsParamsContentEncoding.
+const (
+	CreateTestsParamsContentEncodingGzip     CreateTestsParamsContentEncoding = "gzip"
+	CreateTestsParamsContentEncodingIdentity CreateTestsParamsContentEncoding = "identity"
+	CreateTestsParamsContentEncodingXGzip    CreateTestsParamsContentEncoding = "x-gzip"
+)
+
+// Valid indicates whether the value is a known member of the CreateTestsParamsContentEncoding enum.
+func (e CreateTestsParamsContentEncoding) Valid() bool {
+	switch e {
+	case CreateTestsParamsContentEncodingGzip:
+		return true
+	case CreateTestsParamsContentEncodingIdentity:
+		return true
+	case CreateTestsParamsContentEncodingXGzip:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RenameTestParamsContentEncoding.
+const (
+	RenameTestParamsContentEncodingGzip     RenameTestParamsContentEncoding = "gzip"
+	RenameTestParamsContentEncodingIdentity RenameTestParamsContentEncoding = "identity"
+	RenameTestParamsContentEncodingXGzip    RenameTestParamsContentEncoding = "x-gzip"
+)
+
+// Valid indicates whether the value is a known member of the RenameTestParamsContentEncoding enum.
+func (e RenameTestParamsContentEncoding) Valid() bool {
+	switch e {
+	case RenameTestParamsContentEncodingGzip:
+		return true
+	case RenameTestParamsContentEncodingIdentity:
+		return true
+	case RenameTestParamsContentEncodingXGzip:
 		return true
 	default:
 		return false
@@ -179,6 +242,9 @@ type TestPage = []Test
 // After defines model for After.
 type After = int64
 
+// ContentEncoding defines model for ContentEncoding.
+type ContentEncoding string
+
 // IdempotencyKey defines model for IdempotencyKey.
 type IdempotencyKey = string
 
@@ -306,7 +372,16 @@ type CreateTestsParams struct {
 	// `"..."` works too). A retry with the same key and body replays the
 	// first answer.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+
+	// ContentEncoding The request body's coding: `gzip` (or `x-gzip`), decompressed as it
+	// is read, or `identity`. `MAX_BODY_BYTES` and `IMPORT_MAX_BYTES` bound
+	// the decompressed size (a body that inflates past them is a `413`); a
+	// body that is not valid gzip is a `400`; any other coding is a `415`.
+	ContentEncoding *CreateTestsParamsContentEncoding `json:"Content-Encoding,omitempty"`
 }
+
+// CreateTestsParamsContentEncoding defines parameters for CreateTests.
+type CreateTestsParamsContentEncoding string
 
 // DeleteTestParams defines parameters for DeleteTest.
 type DeleteTestParams struct {
@@ -336,7 +411,16 @@ type RenameTestParams struct {
 	// `"..."` works too). A retry with the same key and body replays the
 	// first answer.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+
+	// ContentEncoding The request body's coding: `gzip` (or `x-gzip`), decompressed as it
+	// is read, or `identity`. `MAX_BODY_BYTES` and `IMPORT_MAX_BYTES` bound
+	// the decompressed size (a body that inflates past them is a `413`); a
+	// body that is not valid gzip is a `400`; any other coding is a `415`.
+	ContentEncoding *RenameTestParamsContentEncoding `json:"Content-Encoding,omitempty"`
 }
+
+// RenameTestParamsContentEncoding defines parameters for RenameTest.
+type RenameTestParamsContentEncoding string
 
 // CreateTestsJSONRequestBody defines body for CreateTests for application/json ContentType.
 type CreateTestsJSONRequestBody = NewTests
@@ -667,7 +751,8 @@ type ClientInterface interface {
 	//
 	// A stream that fails once it has begun (the database fails, or sends
 	// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
-	// before the end of the chunked body, so a client never takes a partial
+	// before the end of the chunked body (and, compressed, before the end
+	// of the gzip or zstd stream), so a client never takes a partial
 	// export for a whole one.
 	//
 	// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
@@ -1099,7 +1184,8 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 //
 // A stream that fails once it has begun (the database fails, or sends
 // no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
-// before the end of the chunked body, so a client never takes a partial
+// before the end of the chunked body (and, compressed, before the end
+// of the gzip or zstd stream), so a client never takes a partial
 // export for a whole one.
 //
 // **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
@@ -1841,6 +1927,17 @@ func NewCreateTestsRequestWithBody(server string, params *CreateTestsParams, con
 			req.Header.Set("Idempotency-Key", headerParam0)
 		}
 
+		if params.ContentEncoding != nil {
+			var headerParam1 string
+
+			headerParam1, err = runtime.StyleParamWithOptions("simple", false, "Content-Encoding", *params.ContentEncoding, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Content-Encoding", headerParam1)
+		}
+
 	}
 
 	return req, nil
@@ -2057,6 +2154,17 @@ func NewRenameTestRequestWithBody(server string, id TestId, params *RenameTestPa
 			req.Header.Set("Idempotency-Key", headerParam1)
 		}
 
+		if params.ContentEncoding != nil {
+			var headerParam2 string
+
+			headerParam2, err = runtime.StyleParamWithOptions("simple", false, "Content-Encoding", *params.ContentEncoding, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Content-Encoding", headerParam2)
+		}
+
 	}
 
 	return req, nil
@@ -2216,7 +2324,8 @@ type ClientWithResponsesInterface interface {
 	//
 	// A stream that fails once it has begun (the database fails, or sends
 	// no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
-	// before the end of the chunked body, so a client never takes a partial
+	// before the end of the chunked body (and, compressed, before the end
+	// of the gzip or zstd stream), so a client never takes a partial
 	// export for a whole one.
 	//
 	// **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
@@ -2974,6 +3083,7 @@ func (r ReadyzResponse) ContentType() string {
 
 // ListTestsResponse200Headers the declared response headers of an HTTP 200 response for ListTests
 type ListTestsResponse200Headers struct {
+	ContentEncoding   *string
 	ETag              *string
 	Link              *string
 	PreferenceApplied *string
@@ -3187,7 +3297,8 @@ type CreateTestsResponse413Headers struct {
 
 // CreateTestsResponse415Headers the declared response headers of an HTTP 415 response for CreateTests
 type CreateTestsResponse415Headers struct {
-	XRequestId string
+	AcceptEncoding *string
+	XRequestId     string
 }
 
 // CreateTestsResponse422Headers the declared response headers of an HTTP 422 response for CreateTests
@@ -3459,8 +3570,9 @@ func (r DeleteTestResponse) ContentType() string {
 
 // GetTestResponse200Headers the declared response headers of an HTTP 200 response for GetTest
 type GetTestResponse200Headers struct {
-	ETag       string
-	XRequestId string
+	ContentEncoding *string
+	ETag            string
+	XRequestId      string
 }
 
 // GetTestResponse304Headers the declared response headers of an HTTP 304 response for GetTest
@@ -3674,7 +3786,8 @@ type RenameTestResponse413Headers struct {
 
 // RenameTestResponse415Headers the declared response headers of an HTTP 415 response for RenameTest
 type RenameTestResponse415Headers struct {
-	XRequestId string
+	AcceptEncoding *string
+	XRequestId     string
 }
 
 // RenameTestResponse422Headers the declared response headers of an HTTP 422 response for RenameTest
@@ -3978,7 +4091,8 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 //
 // A stream that fails once it has begun (the database fails, or sends
 // no row for `EXPORT_STALL_TIMEOUT`) is cut: the connection is closed
-// before the end of the chunked body, so a client never takes a partial
+// before the end of the chunked body (and, compressed, before the end
+// of the gzip or zstd stream), so a client never takes a partial
 // export for a whole one.
 //
 // **Counts.** With `Prefer: count=exact` or `Prefer: count=estimated`
@@ -4862,6 +4976,13 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 	switch {
 	case rsp.StatusCode == 200:
 		var headers ListTestsResponse200Headers
+		if values := rsp.Header.Values("Content-Encoding"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Content-Encoding", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ContentEncoding = &value
+		}
 		if values := rsp.Header.Values("ETag"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
@@ -5248,6 +5369,13 @@ func ParseCreateTestsResponse(rsp *http.Response) (*CreateTestsResponse, error) 
 		response.Headers413 = &headers
 	case rsp.StatusCode == 415:
 		var headers CreateTestsResponse415Headers
+		if values := rsp.Header.Values("Accept-Encoding"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Accept-Encoding", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AcceptEncoding = &value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
@@ -5506,6 +5634,13 @@ func ParseGetTestResponse(rsp *http.Response) (*GetTestResponse, error) {
 	switch {
 	case rsp.StatusCode == 200:
 		var headers GetTestResponse200Headers
+		if values := rsp.Header.Values("Content-Encoding"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Content-Encoding", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ContentEncoding = &value
+		}
 		if values := rsp.Header.Values("ETag"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
@@ -5885,6 +6020,13 @@ func ParseRenameTestResponse(rsp *http.Response) (*RenameTestResponse, error) {
 		response.Headers413 = &headers
 	case rsp.StatusCode == 415:
 		var headers RenameTestResponse415Headers
+		if values := rsp.Header.Values("Accept-Encoding"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Accept-Encoding", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.AcceptEncoding = &value
+		}
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
