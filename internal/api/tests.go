@@ -434,6 +434,12 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 				return context.DeadlineExceeded
 			}
 			start()
+			if r.Method == http.MethodHead {
+				// The status and headers are known now, and net/http
+				// drops a HEAD's body: the rest of the export would be
+				// read from the database for nothing.
+				return errHeadAnswered
+			}
 		}
 		stall.row()
 		span.row()
@@ -449,6 +455,9 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 		}
 		return nil
 	})
+	if errors.Is(err, errHeadAnswered) {
+		err = nil
+	}
 	if !started {
 		if err != nil {
 			if ctx.Err() != nil && r.Context().Err() == nil {
@@ -476,6 +485,9 @@ func stream(log *slog.Logger, w http.ResponseWriter, r *http.Request, media stri
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// errHeadAnswered ends the rows of a HEAD export after its first row.
+var errHeadAnswered = errors.New("HEAD answered")
 
 // exportFormat is how an export writes rows in one media type.
 type exportFormat struct {

@@ -427,3 +427,34 @@ func TestTracingExportCut(t *testing.T) {
 		t.Errorf("export span is not under the request span")
 	}
 }
+
+// TestTracingExportHead: HEAD of an export answers the export's status
+// and headers, and reads no row past the first from the database: its
+// export span counts none sent.
+func TestTracingExportHead(t *testing.T) {
+	e := mustTracedEnv(t)
+	mustCreate(t, e.h, "h1", "h2", "h3")
+	header, tid, _ := traceparent(t, true)
+	// openapi.yaml lists only GET, so this bypasses the spec check (as
+	// TestHead does).
+	req := httptest.NewRequest("HEAD", "/tests", nil)
+	req.Header.Set("Accept", "application/x-ndjson")
+	req.Header.Set("traceparent", header)
+	rec := httptest.NewRecorder()
+	e.h.ServeHTTP(rec, req)
+	if ct := rec.Header().Get("Content-Type"); rec.Code != http.StatusOK || !strings.HasPrefix(ct, "application/x-ndjson") {
+		t.Fatalf("HEAD export: %d %q", rec.Code, ct)
+	}
+	var export *tracetest.SpanStub
+	for _, s := range e.ofTrace(tid) {
+		if s.Name == "export" {
+			export = &s
+		}
+	}
+	if export == nil {
+		t.Fatal("no export span")
+	}
+	if got := spantest.Attr(*export, "testsapi.export.rows"); got != "0" {
+		t.Errorf("export span rows %q, want 0: HEAD ran the export", got)
+	}
+}
