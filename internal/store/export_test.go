@@ -144,3 +144,6 @@ func (s step) Version() int { return s.version }
 
 // SchemaLock is the advisory lock key Migrate takes.
 const SchemaLock = schemaLock
+
+// PurgeChangesBatch is how many changes PurgeChanges deletes per statement.
+const PurgeChangesBatch = purgeChangesBatch
