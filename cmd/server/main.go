@@ -81,8 +81,11 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	m.CollectPool(pool.Stat)
 	// A create waiting for its group-commit batch is bounded like a
 	// request waiting for a connection.
+	var feed *api.Feed
 	st := store.New(pool.Pool, store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.Batch),
-		store.OnPageRead(m.PageReaders), store.ObserveErrors(m.DBError))
+		store.OnPageRead(m.PageReaders), store.ObserveErrors(m.DBError),
+		store.OnChanges(func() { feed.Notify() }))
+	feed = newFeed(log, st, cfg)
 	// Deferred after pool.Close, so it runs first: creates still queued
 	// or in flight get their answer before the pool goes.
 	defer st.Close()
@@ -104,13 +107,18 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			ExportStallTimeout: cfg.ExportStallTimeout,
 			ImportMaxBytes:     cfg.ImportMaxBytes,
 			ReadTimeout:        cfg.ReadTimeout,
-		}, append(handlerOptions(cfg), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
+		}, append(handlerOptions(cfg), api.WithMetrics(m, cfg.MetricsAddr == ""), api.WithFeed(feed))...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if feed != nil {
+		// Feeds never end by themselves: at shutdown they are told to,
+		// with a last event, so that Shutdown need not wait them out.
+		srv.RegisterOnShutdown(feed.Shutdown)
 	}
 	log.Info("listening", "addr", ln.Addr().String(),
 		"database", poolCfg.ConnConfig.Host, "port", poolCfg.ConnConfig.Port,
@@ -130,6 +138,11 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 		}
 		servers = append(servers, msrv)
 	}
+	// The feed's background work stops with feedCtx, after the servers
+	// (no feed is left to serve) and before the store and pool close.
+	feedCtx, stopFeed := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFeed()
+	waitFeed := func() {}
 	startErr := make(chan error, 1)
 	go func() { startErr <- waitForDatabase(ctx, log, st, cfg.StartupTimeout) }()
 
@@ -145,6 +158,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 				return err
 			}
 			go purgeKeys(ctx, log, st, cfg.IdempotencyTTL)
+			waitFeed = startFeed(feedCtx, log, st, feed, m, poolCfg.ConnConfig.Config.Copy(), cfg)
 		case <-ctx.Done():
 		}
 	}
@@ -162,6 +176,11 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			log.Warn("shutdown timeout: closed requests still running", "timeout", cfg.ShutdownTimeout.String())
 		}
 	}
+	// The consumer stops between transactions or abandons one it was
+	// recording (rolled back, and the slot was not told: the next
+	// consumer records it); nothing recorded is lost.
+	stopFeed()
+	waitFeed()
 	// Every handler has returned (or was cut off): let the batches that
 	// are still running finish before the pool closes.
 	st.Close()
