@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,7 +57,7 @@ func mustFeedService(t *testing.T, cfg api.FeedConfig) *feedService {
 // mustFeedInstance starts an instance on url's schema with slot; listen,
 // when not nil, is the server's listener. With consume it waits until its
 // consumer streams.
-func mustFeedInstance(t *testing.T, url, slot string, cfg api.FeedConfig, listen net.Listener, consume bool) *feedService {
+func mustFeedInstance(t *testing.T, url, slot string, cfg api.FeedConfig, listen net.Listener, consume bool, opts ...api.Option) *feedService {
 	t.Helper()
 	pool := mustPool(t, url, nil)
 	s := &feedService{pool: pool, slot: slot}
@@ -68,7 +70,7 @@ func mustFeedInstance(t *testing.T, url, slot string, cfg api.FeedConfig, listen
 	if s.repl, err = pgconn.ParseConfig(url); err != nil {
 		t.Fatal(err)
 	}
-	h := api.NewHandler(slog.New(slog.DiscardHandler), s.st, testLimits, api.WithFeed(s.feed))
+	h := api.NewHandler(slog.New(slog.DiscardHandler), s.st, testLimits, append(opts, api.WithFeed(s.feed))...)
 	s.srv = httptest.NewUnstartedServer(h)
 	if listen != nil {
 		s.srv.Listener.Close()
@@ -614,4 +616,83 @@ func TestFeedTwoInstances(t *testing.T) {
 	moved := connect(t, b.srv.URL, "", "Last-Event-ID", got[1].ID)
 	moved.expect(t, `create {"id":3,"name":"3"} #`)
 	onB.quiet(t, 200*time.Millisecond)
+}
+
+// eventSourcePage runs the README's EventSource example against API, then
+// posts a row from the page once the feed is ready, and when that row's
+// create event has come writes the example's copy of the table and its
+// cursor into <pre id="out">.
+const eventSourcePage = `<!doctype html>
+<html><body><pre id="out">running</pre>
+<script>
+EXAMPLE
+feed.addEventListener("ready", () => {
+  fetch("API/tests", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({name: "from the browser"})});
+});
+feed.addEventListener("create", (e) => {
+  if (JSON.parse(e.data).name !== "from the browser") return;
+  feed.close();
+  document.getElementById("out").textContent = JSON.stringify({rows: Object.fromEntries(rows), cursor});
+});
+</script></body></html>`
+
+// readmeEventSource returns the README's EventSource example.
+func readmeEventSource(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "<!-- eventsource-example -->\n```js\n")
+	code, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 || !strings.Contains(code, `new EventSource("http://localhost:8080/tests")`) {
+		t.Fatal("README.md has no EventSource example after <!-- eventsource-example -->")
+	}
+	return code
+}
+
+// TestEventSourceInChromium runs the README's EventSource example in
+// headless Chromium, from another origin: it gets the rows, then the
+// change its page makes, and ends with a copy equal to the table and the
+// change's id as its cursor.
+func TestEventSourceInChromium(t *testing.T) {
+	t.Parallel()
+	url, slot := dbtest.NewLogicalSchema(t)
+	var apiURL string
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		code := strings.ReplaceAll(readmeEventSource(t), "http://localhost:8080", apiURL)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write([]byte(strings.NewReplacer("EXAMPLE", code, "API", apiURL).Replace(eventSourcePage)))
+	}))
+	t.Cleanup(page.Close)
+	s := mustFeedInstance(t, url, slot, testFeed, nil, true, api.CORS([]string{page.URL}))
+	apiURL = s.srv.URL
+	s.exec(t, `INSERT INTO test (name) VALUES ('first'), ('second')`)
+
+	dom, log := dumpDOM(t, page.URL+"/")
+	start := strings.Index(dom, `<pre id="out">`)
+	end := strings.Index(dom, `</pre>`)
+	if start < 0 || end < start {
+		t.Fatalf("no output in the DOM: %.1000s\n%s", dom, lastLines(log, 20))
+	}
+	var got struct {
+		Rows   map[string]string
+		Cursor string
+	}
+	text := html.UnescapeString(dom[start+len(`<pre id="out">`) : end])
+	if err := json.Unmarshal([]byte(text), &got); err != nil {
+		t.Fatalf("page output %q: %v\n%s", text, err, lastLines(log, 20))
+	}
+	want := map[string]string{"1": "first", "2": "second", "3": "from the browser"}
+	if fmt.Sprint(got.Rows) != fmt.Sprint(want) || got.Cursor == "" {
+		t.Fatalf("the example's copy %v, cursor %q; want %v and the create's id", got.Rows, got.Cursor, want)
+	}
+	st, err := s.st.FeedState(t.Context())
+	if err != nil || strconv.FormatInt(st.LastSeq, 10) != got.Cursor {
+		t.Fatalf("cursor %q, last change %d (%v)", got.Cursor, st.LastSeq, err)
+	}
 }
