@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"html"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,7 +49,7 @@ type feedService struct {
 
 // mustFeedService starts an instance on a fresh logical schema, consumer
 // streaming before it returns.
-func mustFeedService(t *testing.T, cfg api.FeedConfig) *feedService {
+func mustFeedService(t testing.TB, cfg api.FeedConfig) *feedService {
 	t.Helper()
 	url, slot := dbtest.NewLogicalSchema(t)
 	return mustFeedInstance(t, url, slot, cfg, nil, true)
@@ -57,7 +58,7 @@ func mustFeedService(t *testing.T, cfg api.FeedConfig) *feedService {
 // mustFeedInstance starts an instance on url's schema with slot; listen,
 // when not nil, is the server's listener. With consume it waits until its
 // consumer streams.
-func mustFeedInstance(t *testing.T, url, slot string, cfg api.FeedConfig, listen net.Listener, consume bool, opts ...api.Option) *feedService {
+func mustFeedInstance(t testing.TB, url, slot string, cfg api.FeedConfig, listen net.Listener, consume bool, opts ...api.Option) *feedService {
 	t.Helper()
 	pool := mustPool(t, url, nil)
 	s := &feedService{pool: pool, slot: slot}
@@ -90,7 +91,7 @@ func mustFeedInstance(t *testing.T, url, slot string, cfg api.FeedConfig, listen
 }
 
 // consume starts the instance's consumer and waits until it streams.
-func (s *feedService) consume(t *testing.T) {
+func (s *feedService) consume(t testing.TB) {
 	t.Helper()
 	select {
 	case <-s.standBy():
@@ -146,7 +147,7 @@ func (s *feedService) close() {
 	}
 }
 
-func (s *feedService) exec(t *testing.T, sqls ...string) {
+func (s *feedService) exec(t testing.TB, sqls ...string) {
 	t.Helper()
 	for _, q := range sqls {
 		if _, err := s.pool.Exec(t.Context(), q); err != nil {
@@ -171,12 +172,12 @@ type sse struct {
 
 // connect opens a feed on s with the given headers (name, value pairs)
 // and, when it is a 200, reads its events in the background.
-func connect(t *testing.T, base, query string, header ...string) *sse {
+func connect(t testing.TB, base, query string, header ...string) *sse {
 	t.Helper()
 	return connectWith(t, http.DefaultClient, base, query, header...)
 }
 
-func connectWith(t *testing.T, c *http.Client, base, query string, header ...string) *sse {
+func connectWith(t testing.TB, c *http.Client, base, query string, header ...string) *sse {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/tests"+query, nil)
@@ -229,7 +230,7 @@ func connectWith(t *testing.T, c *http.Client, base, query string, header ...str
 
 // next returns the next event that is not a comment, failing the test if
 // none comes within 20 s.
-func (s *sse) next(t *testing.T) event {
+func (s *sse) next(t testing.TB) event {
 	t.Helper()
 	for {
 		select {
@@ -248,7 +249,7 @@ func (s *sse) next(t *testing.T) event {
 }
 
 // quiet checks that no event (comments aside) comes within d.
-func (s *sse) quiet(t *testing.T, d time.Duration) {
+func (s *sse) quiet(t testing.TB, d time.Duration) {
 	t.Helper()
 	deadline := time.After(d)
 	for {
@@ -268,7 +269,7 @@ func (s *sse) quiet(t *testing.T, d time.Duration) {
 
 // expect reads len(want) events and compares their kind and data ("kind
 // data"); an id is checked to be present (want ending in " #") or absent.
-func (s *sse) expect(t *testing.T, want ...string) []event {
+func (s *sse) expect(t testing.TB, want ...string) []event {
 	t.Helper()
 	var got []event
 	for _, w := range want {
@@ -695,4 +696,104 @@ func TestEventSourceInChromium(t *testing.T) {
 	if err != nil || strconv.FormatInt(st.LastSeq, 10) != got.Cursor {
 		t.Fatalf("cursor %q, last change %d (%v)", got.Cursor, st.LastSeq, err)
 	}
+}
+
+// feedLoad has writers goroutines POST each single creates (group commit)
+// through s's HTTP server while a feed follows; it returns how long the
+// POSTs took and how long until the feed had every create, and fails
+// unless the feed delivered each created row exactly once.
+func feedLoad(t testing.TB, s *feedService, writers, each int) (posts, delivered time.Duration) {
+	t.Helper()
+	feed := connect(t, s.srv.URL, "")
+	feed.expect(t, `ready {}`)
+	total := writers * each
+	seen := make(map[string]bool, total)
+	got := make(chan time.Duration, 1)
+	start := time.Now()
+	go func() {
+		for len(seen) < total {
+			ev, ok := <-feed.events
+			if !ok {
+				break
+			}
+			if ev.Kind == "create" {
+				if seen[ev.Data] {
+					t.Errorf("create %s delivered twice", ev.Data)
+				}
+				seen[ev.Data] = true
+			}
+		}
+		got <- time.Since(start)
+	}()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				res, err := client.Post(s.srv.URL+"/tests", "application/json", strings.NewReader(fmt.Sprintf(`{"name":"w%d-%d"}`, w, i)))
+				if err != nil {
+					t.Errorf("POST: %v", err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusCreated {
+					t.Errorf("POST: %d", res.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	posts = time.Since(start)
+	select {
+	case delivered = <-got:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the feed had %d of %d creates 60 s after the POSTs ended", len(seen), total)
+	}
+	if len(seen) != total {
+		t.Fatalf("the feed delivered %d distinct creates of %d", len(seen), total)
+	}
+	return posts, delivered
+}
+
+// TestFeedUnderLoad: 8 writers' 2,000 single creates (group-committed in
+// batches) all reach a feed, each once. Bounded in count; how fast is
+// BenchmarkFeedKeepsUp's business.
+func TestFeedUnderLoad(t *testing.T) {
+	s := mustFeedService(t, testFeed)
+	feedLoad(t, s, 8, 250)
+}
+
+// BenchmarkFeedKeepsUp measures whether the feed keeps up with the
+// group-commit POST rate: 16 writers POST 500 single creates each through
+// a real HTTP server (as bench/'s create workload) while one feed follows.
+// posts/s is the POST rate, events/s the rate at which the feed had them
+// all (from the same start), catchup-ms how long after the last POST's
+// answer the feed had its create:
+//
+//	go test -run '^$' -bench FeedKeepsUp -benchtime 3x ./internal/api
+func BenchmarkFeedKeepsUp(b *testing.B) {
+	cfg := testFeed
+	cfg.Poll = 100 * time.Millisecond // the default FEED_POLL
+	cfg.MaxLag = 100000               // the default FEED_MAX_LAG
+	const writers, each = 16, 500
+	var posts, delivered time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		s := mustFeedService(b, cfg)
+		b.StartTimer()
+		p, d := feedLoad(b, s, writers, each)
+		posts += p
+		delivered += d
+		b.StopTimer()
+		s.close()
+		b.StartTimer()
+	}
+	n := float64(b.N * writers * each)
+	b.ReportMetric(n/posts.Seconds(), "posts/s")
+	b.ReportMetric(n/delivered.Seconds(), "events/s")
+	b.ReportMetric(float64((delivered-posts).Milliseconds())/float64(b.N), "catchup-ms")
 }

@@ -49,6 +49,13 @@ const (
 	// changeBatch is how many changes of one transaction are buffered
 	// before they are written: memory stays bounded for any transaction.
 	changeBatch = 500
+	// groupDelay and groupTransactions bound how long, and over how many
+	// transactions, the recordings of consecutive transactions share one
+	// database transaction: under load (group commit sends a transaction
+	// every few milliseconds) five round trips per transaction would let
+	// the recording fall behind the writes (BenchmarkFeedKeepsUp).
+	groupDelay        = 20 * time.Millisecond
+	groupTransactions = 1000
 )
 
 // ConsumeChanges streams slot (and the publication of the same name) over
@@ -205,6 +212,13 @@ type consumer struct {
 	skip    bool   // this transaction was recorded before
 	seq     int64  // the last seq written in tx
 	batch   []Change
+
+	// Transactions whose COMMIT has come and whose changes are written in
+	// tx, which is not yet committed (see groupDelay).
+	pending      int           // how many
+	pendingSince time.Time     // when the first of them committed
+	pendingLSN   pglogrepl.LSN // the last one's commit LSN
+	pendingEnd   pglogrepl.LSN // the last one's end LSN
 }
 
 func (c *consumer) run(ctx context.Context) error {
@@ -217,13 +231,22 @@ func (c *consumer) run(ctx context.Context) error {
 			}
 			nextStatus = time.Now().Add(statusInterval)
 		}
-		recvCtx, cancel := context.WithDeadline(ctx, nextStatus)
+		deadline := nextStatus
+		if c.pending > 0 && !c.inTx {
+			deadline = c.pendingSince.Add(groupDelay)
+		}
+		recvCtx, cancel := context.WithDeadline(ctx, deadline)
 		raw, err := c.conn.ReceiveMessage(recvCtx)
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if pgconn.Timeout(err) {
+			if c.pending > 0 && !c.inTx && !time.Now().Before(c.pendingSince.Add(groupDelay)) {
+				if err := c.flush(ctx); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		if err != nil {
@@ -253,7 +276,7 @@ func (c *consumer) copyData(ctx context.Context, data []byte) error {
 		// Between transactions everything sent so far is recorded (or
 		// was of no interest): the slot may forget up to the server's
 		// position, so WAL of other tables' work is not kept for us.
-		if !c.inTx && k.ServerWALEnd > c.flushed {
+		if !c.inTx && c.pending == 0 && k.ServerWALEnd > c.flushed {
 			c.flushed = k.ServerWALEnd
 		}
 		if k.ReplyRequested {
@@ -315,14 +338,25 @@ func (c *consumer) message(ctx context.Context, m pglogrepl.Message) error {
 	case *pglogrepl.TruncateMessage:
 		return c.add(ctx, KindTruncate, Test{})
 	case *pglogrepl.CommitMessage:
-		if err := c.commit(ctx, m); err != nil {
+		c.inTx = false
+		if c.tx == nil {
+			// No change to test, or recorded before: nothing to wait for.
+			if c.pending == 0 && m.TransactionEndLSN > c.flushed {
+				c.flushed = m.TransactionEndLSN
+			}
+			return nil
+		}
+		if err := c.write(ctx); err != nil {
 			return err
 		}
-		c.inTx = false
-		if m.TransactionEndLSN > c.flushed {
-			c.flushed = m.TransactionEndLSN
+		if c.pending == 0 {
+			c.pendingSince = time.Now()
 		}
-		return c.status(ctx)
+		c.pending++
+		c.pendingLSN, c.pendingEnd = m.CommitLSN, m.TransactionEndLSN
+		if c.pending >= groupTransactions || !time.Now().Before(c.pendingSince.Add(groupDelay)) {
+			return c.flush(ctx)
+		}
 	}
 	return nil
 }
@@ -433,34 +467,31 @@ FROM unnest($5::text[], $6::integer[], $7::text[]) WITH ORDINALITY AS c(kind, id
 	return nil
 }
 
-// commit ends the transaction's recording: the rest of its changes and
-// its commit LSN, committed together.
-func (c *consumer) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
-	if c.tx == nil {
-		return nil // no change to test, or recorded before
-	}
-	if err := c.write(ctx); err != nil {
-		return err
-	}
+// flush commits the recording of the pending transactions: their
+// changes and the last one's commit LSN, together; then tells the slot.
+func (c *consumer) flush(ctx context.Context) error {
 	const q = `
 UPDATE test_changes_state
 SET last_seq = $1,
     last_lsn = $2
 WHERE id = 1`
-	if _, err := c.tx.Exec(ctx, q, c.seq, int64(m.CommitLSN)); err != nil {
+	if _, err := c.tx.Exec(ctx, q, c.seq, int64(c.pendingLSN)); err != nil {
 		return fmt.Errorf("record commit: %w", c.s.classify(err))
 	}
 	err := c.tx.Commit(ctx)
-	c.tx = nil
+	c.tx, c.pending = nil, 0
 	if err != nil {
 		// Whether it committed is unknown: the stream ends here, and the
 		// next session finds out from last_lsn.
 		return fmt.Errorf("commit recording: %w", c.s.classify(err))
 	}
+	if c.pendingEnd > c.flushed {
+		c.flushed = c.pendingEnd
+	}
 	if c.s.onChanges != nil {
 		c.s.onChanges()
 	}
-	return nil
+	return c.status(ctx)
 }
 
 func (c *consumer) rollback(ctx context.Context) {
