@@ -173,7 +173,7 @@ func TestFeedAcrossRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitExit(t, exitWithin)
-	p = startReady(t, url, "FEED=off", "FEED_SLOT="+slot)
+	startReady(t, url, "FEED=off", "FEED_SLOT="+slot)
 	dbtest.WaitFor(t, "FEED=off to drop the slot, which would hold WAL for ever", 10*time.Second, func() bool {
 		var n int
 		err := db.QueryRow(t.Context(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n)

@@ -147,3 +147,11 @@ const SchemaLock = schemaLock
 
 // PurgeChangesBatch is how many changes PurgeChanges deletes per statement.
 const PurgeChangesBatch = purgeChangesBatch
+
+// ParseSnapshot makes the Snapshot FeedSnapshot would from
+// pg_current_snapshot's text and a WAL position.
+func ParseSnapshot(snap, lsn string) (Snapshot, error) {
+	sn := Snapshot{exact: true}
+	err := sn.parse(snap, lsn)
+	return sn, err
+}

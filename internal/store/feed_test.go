@@ -186,13 +186,15 @@ func TestConsumeExactlyOnce(t *testing.T) {
 
 	e.exec(t, `INSERT INTO test (name) VALUES ('c')`) // while no consumer runs
 	stop = e.consume(t, stale)                        // resends a and b, then c
-	cs := e.mustChanges(t, 0, 3)
+	if cs := e.mustChanges(t, 0, 3); len(cs) != 3 {
+		t.Fatalf("after the stale slot: %+v, want a, b and c once", cs)
+	}
 	stop()
 	e.consume(t, e.slot) // resends c
 	e.exec(t, `INSERT INTO test (name) VALUES ('d')`)
-	cs = e.mustChanges(t, 0, 4)
+	e.mustChanges(t, 0, 4)
 	time.Sleep(300 * time.Millisecond) // room for a wrong repeat to land
-	cs = e.mustChanges(t, 0, 4)
+	cs := e.mustChanges(t, 0, 4)
 	var names []string
 	for i, c := range cs {
 		names = append(names, c.Row.Name)
@@ -264,5 +266,41 @@ func TestPurgeChanges(t *testing.T) {
 	cs, err := e.st.ChangesAfter(t.Context(), old, 10)
 	if err != nil || len(cs) != 1 || cs[0].Row.Name != "young" {
 		t.Fatalf("after the purge: %+v, %v; want young", cs, err)
+	}
+}
+
+// TestSnapshotSeen: a change is seen by the snapshot if its transaction
+// committed before it (below xmin, or below xmax and not in progress),
+// with the replication stream's 32-bit xid widened across an epoch, and
+// never once it committed at or past the snapshot's WAL position.
+func TestSnapshotSeen(t *testing.T) {
+	const epoch = 1 << 32
+	sn, err := store.ParseSnapshot(strconv.Itoa(epoch+100)+":"+strconv.Itoa(epoch+110)+":"+strconv.Itoa(epoch+105), "1/00000100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := uint64(1<<32 | 0x50) // a commit LSN below the snapshot's
+	for _, tc := range []struct {
+		xid  uint32
+		lsn  uint64
+		seen bool
+	}{
+		{100 - 1, before, true},   // below xmin
+		{102, before, true},       // between, committed
+		{105, before, false},      // in progress at the snapshot
+		{110, before, false},      // at xmax: began after
+		{1<<32 - 5, before, true}, // the previous epoch, far below xmin
+		{102, 1<<32 | 0x100, false},
+	} {
+		c := store.Change{Xid: tc.xid, CommitLSN: tc.lsn}
+		if got := sn.Seen(c); got != tc.seen {
+			t.Errorf("xid %d at LSN %x: Seen %v, want %v", tc.xid, tc.lsn, got, tc.seen)
+		}
+		if past := sn.Past(c); past != (tc.lsn >= 1<<32|0x100) {
+			t.Errorf("xid %d at LSN %x: Past %v", tc.xid, tc.lsn, past)
+		}
+	}
+	if _, err := store.ParseSnapshot("1:2", "0/0"); err == nil {
+		t.Error("a snapshot without xip parsed")
 	}
 }
