@@ -114,24 +114,9 @@ const changePurgeInterval = time.Minute
 // purgeChanges deletes the changes older than retention every
 // changePurgeInterval until ctx is done.
 func purgeChanges(ctx context.Context, log *slog.Logger, st *store.Store, retention time.Duration) {
-	tick := time.NewTicker(changePurgeInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		purgeCtx, cancel := context.WithTimeout(ctx, changePurgeInterval)
-		n, err := st.PurgeChanges(purgeCtx, retention)
-		cancel()
-		switch {
-		case err != nil && ctx.Err() == nil:
-			log.Warn("purge old changes", "error", err.Error())
-		case n > 0:
-			log.Debug("purged old changes", "deleted", n)
-		}
-	}
+	purgeEvery(ctx, log, changePurgeInterval, "old changes", func(ctx context.Context) (int64, error) {
+		return st.PurgeChanges(ctx, retention)
+	})
 }
 
 // slotWatchInterval is how often the slot's lag is read for /metrics.

@@ -274,9 +274,17 @@ func handlerOptions(cfg config) []api.Option {
 const keyPurgeInterval = time.Minute
 
 // purgeKeys deletes expired idempotency keys every keyPurgeInterval until
-// ctx is done. A failure is logged and the next round tries again.
+// ctx is done.
 func purgeKeys(ctx context.Context, log *slog.Logger, st *store.Store, ttl time.Duration) {
-	tick := time.NewTicker(keyPurgeInterval)
+	purgeEvery(ctx, log, keyPurgeInterval, "expired idempotency keys", func(ctx context.Context) (int64, error) {
+		return st.PurgeKeys(ctx, ttl)
+	})
+}
+
+// purgeEvery runs purge every interval, each run bounded by it, until ctx
+// is done. A failure is logged and the next round tries again.
+func purgeEvery(ctx context.Context, log *slog.Logger, interval time.Duration, what string, purge func(context.Context) (int64, error)) {
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {
@@ -284,14 +292,14 @@ func purgeKeys(ctx context.Context, log *slog.Logger, st *store.Store, ttl time.
 			return
 		case <-tick.C:
 		}
-		purgeCtx, cancel := context.WithTimeout(ctx, keyPurgeInterval)
-		n, err := st.PurgeKeys(purgeCtx, ttl)
+		purgeCtx, cancel := context.WithTimeout(ctx, interval)
+		n, err := purge(purgeCtx)
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil:
-			log.Warn("purge expired idempotency keys", "error", err.Error())
+			log.Warn("purge "+what, "error", err.Error())
 		case n > 0:
-			log.Debug("purged expired idempotency keys", "deleted", n)
+			log.Debug("purged "+what, "deleted", n)
 		}
 	}
 }
