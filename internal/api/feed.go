@@ -269,9 +269,6 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 	defer f.unsubscribe()
 
 	rc := http.NewResponseController(w)
-	// The server's read timeout would end the request (and this feed)
-	// when it passes; a GET has no body left to read.
-	_ = rc.SetReadDeadline(time.Time{})
 	sw := &sseWriter{w: w, rc: rc, bw: bufio.NewWriterSize(w, streamFlushBytes), timeout: lim.WriteTimeout}
 	ctx := r.Context()
 

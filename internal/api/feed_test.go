@@ -31,6 +31,10 @@ import (
 // heartbeats, and a small MaxLag so that a slow client is cheap to make.
 var testFeed = api.FeedConfig{MaxFeeds: 4, Heartbeat: 5 * time.Second, MaxLag: 1000, Poll: 20 * time.Millisecond}
 
+// feedReadTimeout is the test servers' read timeout, short so that
+// TestFeedLimits/OutlivesReadTimeout is quick.
+const feedReadTimeout = time.Second
+
 // feedService is one instance of the service with the change feed: the
 // real router over a real store on a logical-replication server, behind a
 // real HTTP server, with its consumer and tail running.
@@ -78,6 +82,10 @@ func mustFeedInstance(t testing.TB, url, slot string, cfg api.FeedConfig, listen
 		s.srv.Listener = listen
 	}
 	s.srv.Config.RegisterOnShutdown(s.feed.Shutdown)
+	// As cmd/server has READ_TIMEOUT: a feed must outlive it (net/http
+	// bounds only the reading of the request with it; the feed must not
+	// set a read deadline of its own).
+	s.srv.Config.ReadTimeout = feedReadTimeout
 	s.srv.Start()
 	t.Cleanup(s.close)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -488,6 +496,25 @@ func TestFeedLimits(t *testing.T) {
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatal("no heartbeat within 5 s")
+		}
+	})
+	t.Run("OutlivesReadTimeout", func(t *testing.T) {
+		until := time.Now().Add(feedReadTimeout + 500*time.Millisecond)
+		for time.Now().Before(until) {
+			select {
+			case _, ok := <-feed.events:
+				if !ok {
+					t.Fatalf("the feed ended before the read timeout (%s) had long passed: %v", feedReadTimeout, <-feed.done)
+				}
+			case <-time.After(time.Second):
+				t.Fatal("no heartbeat within 1 s")
+			}
+		}
+		post(t, s.srv.URL, `{"name":"late"}`)
+		for {
+			if ev := feed.next(t); ev.Kind == "create" {
+				break
+			}
 		}
 	})
 	t.Run("Off", func(t *testing.T) {
