@@ -368,25 +368,36 @@ type SlotStatus struct {
 	LagBytes int64
 }
 
-// Slot reads the status of replication slot name.
+// Slot reads the status of replication slot name. The lag is read by a
+// statement of its own, and left -1 when it fails: YugabyteDB's slots
+// have no WAL position to subtract (its pg_current_wal_lsn is not
+// PostgreSQL's), and the consumer must not depend on it.
 func (s *Store) Slot(ctx context.Context, name string) (SlotStatus, error) {
 	// to_jsonb: wal_status is PostgreSQL 13+, and YugabyteDB's view has
 	// columns of its own; a missing one reads as null instead of failing.
 	const q = `
 SELECT active,
-       coalesce(to_jsonb(s) ->> 'wal_status', ''),
-       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, -1)
+       coalesce(to_jsonb(s) ->> 'wal_status', '')
 FROM pg_replication_slots s
 WHERE slot_name = $1`
 	st := SlotStatus{LagBytes: -1}
-	err := s.pool.QueryRow(ctx, q, name).Scan(&st.Active, &st.WALState, &st.LagBytes)
+	err := s.pool.QueryRow(ctx, q, name).Scan(&st.Active, &st.WALState)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return SlotStatus{LagBytes: -1}, nil
+		return st, nil
 	}
 	if err != nil {
 		return st, fmt.Errorf("replication slot status: %w", s.classify(err))
 	}
 	st.Exists = true
+	const lag = `
+SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+FROM pg_replication_slots
+WHERE slot_name = $1
+  AND confirmed_flush_lsn IS NOT NULL`
+	var n int64
+	if err := s.pool.QueryRow(ctx, lag, name).Scan(&n); err == nil {
+		st.LagBytes = n
+	}
 	return st, nil
 }
 

@@ -304,3 +304,20 @@ func TestSnapshotSeen(t *testing.T) {
 		t.Error("a snapshot without xip parsed")
 	}
 }
+
+// TestSlotStatus: the slot's status and lag as /metrics shows them: none
+// before the consumer, then streamed, with a lag that is a WAL distance.
+func TestSlotStatus(t *testing.T) {
+	e := mustFeedEnv(t)
+	st, err := e.st.Slot(t.Context(), e.slot)
+	if err != nil || st.Exists || st.LagBytes != -1 {
+		t.Fatalf("before the consumer: %+v, %v; want no slot, lag -1", st, err)
+	}
+	e.consume(t, e.slot)
+	e.exec(t, `INSERT INTO test (name) VALUES ('a')`)
+	e.mustChanges(t, 0, 1)
+	st, err = e.st.Slot(t.Context(), e.slot)
+	if err != nil || !st.Exists || !st.Active || st.WALState != "reserved" || st.LagBytes < 0 {
+		t.Fatalf("streamed: %+v, %v; want active, reserved, a lag of 0 or more", st, err)
+	}
+}
