@@ -142,6 +142,11 @@ func (s *Store) ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string
 		return err
 	}
 	if st.Exists && st.WALState != "lost" {
+		// A consumer that made the slot and stopped before recording so
+		// leaves slot_ready false; the slot has recorded since it was made.
+		if _, err := s.pool.Exec(ctx, `UPDATE test_changes_state SET slot_ready = true WHERE id = 1 AND NOT slot_ready`); err != nil {
+			return fmt.Errorf("record replication slot: %w", s.classify(err))
+		}
 		return nil
 	}
 	if st.Exists {

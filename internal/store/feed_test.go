@@ -321,3 +321,21 @@ func TestSlotStatus(t *testing.T) {
 		t.Fatalf("streamed: %+v, %v; want active, reserved, a lag of 0 or more", st, err)
 	}
 }
+
+// TestConsumeSlotMadeByAnother: a slot that exists before the consumer
+// first runs (its maker stopped before it recorded that) is taken as
+// recording: feeds may start.
+func TestConsumeSlotMadeByAnother(t *testing.T) {
+	e := mustFeedEnv(t)
+	e.exec(t, `CREATE PUBLICATION `+e.slot+` FOR TABLE test`,
+		`SELECT pg_create_logical_replication_slot('`+e.slot+`', 'pgoutput')`)
+	e.consume(t, e.slot)
+	st, err := e.st.FeedState(t.Context())
+	if err != nil || !st.SlotReady || st.Floor != 0 {
+		t.Fatalf("state %+v, %v; want the slot ready and no gap", st, err)
+	}
+	e.exec(t, `INSERT INTO test (name) VALUES ('a')`)
+	if cs := e.mustChanges(t, 0, 1); cs[0].Row.Name != "a" {
+		t.Fatalf("recorded %+v", cs)
+	}
+}
