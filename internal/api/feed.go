@@ -257,6 +257,13 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 		respond(log, w, r, err)
 		return
 	}
+	if r.Method == http.MethodHead {
+		// The headers a feed would have, and no stream: a HEAD must end.
+		w.Header().Set("Content-Type", mediaEventStream+"; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	select {
 	case f.slots <- struct{}{}:
 		defer func() { <-f.slots }()

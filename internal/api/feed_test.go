@@ -517,6 +517,14 @@ func TestFeedLimits(t *testing.T) {
 			}
 		}
 	})
+	t.Run("Head", func(t *testing.T) {
+		// openapi.yaml lists GET only (every GET answers HEAD), so no spec check.
+		rec := httptest.NewRecorder()
+		s.srv.Config.Handler.ServeHTTP(rec, newRequest(http.MethodHead, "/tests", "", "Accept", "text/event-stream"))
+		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "text/event-stream; charset=utf-8" {
+			t.Fatalf("HEAD: %d %q, want 200 with the feed's type, at once", rec.Code, rec.Header().Get("Content-Type"))
+		}
+	})
 	t.Run("Off", func(t *testing.T) {
 		e := mustEnv(t)
 		res := do(t, e.h, http.MethodGet, "/tests", "", "Accept", "text/event-stream")
