@@ -65,6 +65,7 @@ func TestComposeSingleNode(t *testing.T) {
 	}
 	checkPublished(t, db, 5433, "5433")
 	checkPublished(t, db, 15433, "15433")
+	checkFeedFlags(t, db)
 
 	api := mustService(t, p, "api")
 	checkAPI(t, p, api)
@@ -150,6 +151,7 @@ func TestComposeCluster(t *testing.T) {
 			volumes[v.Source] = true
 		}
 
+		checkFeedFlags(t, s)
 		args := yugabytedArgs(t, s)
 		wantJoin := "yb1"
 		if name == "yb1" {
@@ -354,6 +356,37 @@ func checkFirstStartWait(t *testing.T, s types.ServiceConfig, script string, cmd
 }
 
 // flagValue returns the value of --name=value in args, or "".
+// feedTServerFlags are the yb-tserver flags the change feed needs, with
+// why: replication commands (CREATE_REPLICATION_SLOT, START_REPLICATION;
+// on by default in 2025.2, set so that an older default cannot turn the
+// feed off); REPLICA IDENTITY DEFAULT for the tables YSQL creates (its
+// default, CHANGE, is yboutput's, and pgoutput sends whole new rows and
+// old keys only under DEFAULT or FULL); and how long a slot counts as in
+// use after its consumer last read it, above the consumer's 10 s status
+// interval so that the active consumer keeps it, and short so that
+// another instance takes over soon after it stops.
+var feedTServerFlags = map[string]string{
+	"ysql_yb_enable_replication_commands":        "true",
+	"ysql_yb_default_replica_identity":           "DEFAULT",
+	"ysql_cdc_active_replication_slot_window_ms": "15000",
+}
+
+// checkFeedFlags checks that node s runs with feedTServerFlags.
+func checkFeedFlags(t *testing.T, s types.ServiceConfig) {
+	t.Helper()
+	got := map[string]string{}
+	for _, kv := range strings.Split(flagValue(yugabytedArgs(t, s), "--tserver_flags"), ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			got[k] = v
+		}
+	}
+	for k, v := range feedTServerFlags {
+		if got[k] != v {
+			t.Errorf("%s: --tserver_flags has %s=%q, want %q (the change feed needs it)", s.Name, k, got[k], v)
+		}
+	}
+}
+
 func flagValue(args []string, name string) string {
 	for _, a := range args {
 		if v, ok := strings.CutPrefix(a, name+"="); ok {
@@ -409,6 +442,9 @@ func checkAPI(t *testing.T, p *types.Project, api types.ServiceConfig) {
 		if v == nil {
 			t.Errorf("api: environment variable %s has no value in the file", k)
 		}
+	}
+	if v := api.Environment["FEED"]; v == nil || *v != "on" {
+		t.Error(`api: FEED is not "on": YugabyteDB has no wal_level for FEED=auto to see logical replication by`)
 	}
 	if v := api.Environment["STARTUP_TIMEOUT"]; v == nil {
 		t.Error("api: no STARTUP_TIMEOUT")

@@ -54,6 +54,16 @@ type config struct {
 	// about as much (BENCHMARKS.md, Compressed exports).
 	Compression      []string `envconfig:"COMPRESSION" default:"gzip"`
 	CompressMinBytes int      `envconfig:"COMPRESS_MIN_BYTES" default:"1024"`
+	// Feed is auto (on when the database has wal_level=logical), on or
+	// off; the other FEED_ settings tune the change feed.
+	Feed          string        `envconfig:"FEED" default:"auto"`
+	FeedSlot      string        `envconfig:"FEED_SLOT" default:"testsapi_feed"`
+	FeedRetention time.Duration `envconfig:"FEED_RETENTION" default:"24h"`
+	FeedMax       int           `envconfig:"FEED_MAX" default:"100"`
+	FeedHeartbeat time.Duration `envconfig:"FEED_HEARTBEAT" default:"15s"`
+	FeedMaxLag    int64         `envconfig:"FEED_MAX_LAG" default:"100000"`
+	FeedPoll      time.Duration `envconfig:"FEED_POLL" default:"100ms"`
+	FeedRetry     time.Duration `envconfig:"FEED_RETRY" default:"5s"`
 	// CORSAllowedOrigins is comma-separated; none (the default) means
 	// CORS is off.
 	CORSAllowedOrigins []string `envconfig:"CORS_ALLOWED_ORIGINS"`
@@ -133,10 +143,29 @@ func rules(c config) []rule {
 			`must be "off" or gzip, zstd or both, comma-separated, since those are the codings the service can compress answers in`},
 		{"COMPRESS_MIN_BYTES", strconv.Itoa(c.CompressMinBytes), c.CompressMinBytes >= 0 && c.CompressMinBytes <= 1<<20,
 			"must be from 0 to 1048576, since it is the smallest answer compressed and the service holds that much of each answer before it decides (below a packet, about 1,400 bytes, compressing saves no packet)"},
+		{"FEED", c.Feed, c.Feed == "auto" || c.Feed == "on" || c.Feed == "off",
+			"must be auto (on when the database has wal_level=logical), on or off"},
+		{"FEED_SLOT", c.FeedSlot, slotName.MatchString(c.FeedSlot),
+			"must be 1 to 63 lower-case letters, digits or underscores, since it names a replication slot and a publication"},
+		{"FEED_RETENTION", c.FeedRetention.String(), c.FeedRetention >= time.Minute,
+			"must be at least 1m, since a client that reconnects must find the changes it missed"},
+		{"FEED_MAX", strconv.Itoa(c.FeedMax), c.FeedMax >= 1 && c.FeedMax <= 100000,
+			"must be from 1 to 100000, since each feed is a connection and a goroutine held open"},
+		{"FEED_HEARTBEAT", c.FeedHeartbeat.String(), c.FeedHeartbeat >= time.Second && c.FeedHeartbeat < c.WriteTimeout,
+			fmt.Sprintf("must be at least 1s and less than WRITE_TIMEOUT (%s), since each write gets WRITE_TIMEOUT and an idle feed must write before it passes", c.WriteTimeout)},
+		{"FEED_MAX_LAG", strconv.FormatInt(c.FeedMaxLag, 10), c.FeedMaxLag >= 1000,
+			"must be at least 1000, since a feed reads 500 changes at a time and a busy table moves while it writes them"},
+		{"FEED_POLL", c.FeedPoll.String(), c.FeedPoll >= 10*time.Millisecond && c.FeedPoll <= 5*time.Second,
+			"must be from 10ms to 5s, since it is how often each instance looks for new changes: one query each time, and the feed's delay"},
+		{"FEED_RETRY", c.FeedRetry.String(), c.FeedRetry >= 100*time.Millisecond && c.FeedRetry <= time.Minute,
+			"must be from 100ms to 1m, since it is how soon an instance takes over recording when the one that did stops"},
 		{"CORS_ALLOWED_ORIGINS", strings.Join(c.CORSAllowedOrigins, ","), validOrigins(c.CORSAllowedOrigins),
 			`must be "*" or origins as a browser sends them (http or https, a host, an optional port, no path, not even "/"), comma-separated`},
 	}
 }
+
+// slotName is what PostgreSQL takes as a replication slot's name.
+var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
 // parseError turns envconfig's error for a value its field's type does not
 // take ("envconfig.Process: assigning DB_MAX_CONNS to DBMaxConns: converting

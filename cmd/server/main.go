@@ -88,10 +88,13 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	m.CollectPool(pool.Stat)
 	// A create waiting for its group-commit batch is bounded like a
 	// request waiting for a connection.
+	var feed *api.Feed
 	st := store.New(pool.Pool, append([]store.Option{
 		store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.Batch),
 		store.OnPageRead(m.PageReaders), store.ObserveErrors(m.DBError),
+		store.OnChanges(func() { feed.Notify() }),
 	}, tr.storeOptions()...)...)
+	feed = newFeed(log, st, cfg)
 	// Deferred after pool.Close, so it runs first: creates still queued
 	// or in flight get their answer before the pool goes.
 	defer st.Close()
@@ -113,13 +116,18 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			ExportStallTimeout: cfg.ExportStallTimeout,
 			ImportMaxBytes:     cfg.ImportMaxBytes,
 			ReadTimeout:        cfg.ReadTimeout,
-		}, append(handlerOptions(cfg, tr), api.WithMetrics(m, cfg.MetricsAddr == ""))...),
+		}, append(handlerOptions(cfg, tr), api.WithMetrics(m, cfg.MetricsAddr == ""), api.WithFeed(feed))...),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if feed != nil {
+		// Feeds never end by themselves: at shutdown they are told to,
+		// with a last event, so that Shutdown need not wait them out.
+		srv.RegisterOnShutdown(feed.Shutdown)
 	}
 	log.Info("listening", "addr", ln.Addr().String(),
 		"database", poolCfg.ConnConfig.Host, "port", poolCfg.ConnConfig.Port,
@@ -139,6 +147,11 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 		}
 		servers = append(servers, msrv)
 	}
+	// The feed's background work stops with feedCtx, after the servers
+	// (no feed is left to serve) and before the store and pool close.
+	feedCtx, stopFeed := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFeed()
+	waitFeed := func() {}
 	startErr := make(chan error, 1)
 	go func() { startErr <- waitForDatabase(ctx, log, st, cfg.StartupTimeout) }()
 
@@ -154,6 +167,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 				return err
 			}
 			go purgeKeys(ctx, log, st, cfg.IdempotencyTTL)
+			waitFeed = startFeed(feedCtx, log, st, feed, m, poolCfg.ConnConfig.Config.Copy(), cfg)
 		case <-ctx.Done():
 		}
 	}
@@ -171,6 +185,11 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 			log.Warn("shutdown timeout: closed requests still running", "timeout", cfg.ShutdownTimeout.String())
 		}
 	}
+	// The consumer stops between transactions or abandons one it was
+	// recording (rolled back, and the slot was not told: the next
+	// consumer records it); nothing recorded is lost.
+	stopFeed()
+	waitFeed()
 	// Every handler has returned (or was cut off): let the batches that
 	// are still running finish before the pool closes.
 	st.Close()
@@ -268,9 +287,17 @@ func handlerOptions(cfg config, tr *tracing) []api.Option {
 const keyPurgeInterval = time.Minute
 
 // purgeKeys deletes expired idempotency keys every keyPurgeInterval until
-// ctx is done. A failure is logged and the next round tries again.
+// ctx is done.
 func purgeKeys(ctx context.Context, log *slog.Logger, st *store.Store, ttl time.Duration) {
-	tick := time.NewTicker(keyPurgeInterval)
+	purgeEvery(ctx, log, keyPurgeInterval, "expired idempotency keys", func(ctx context.Context) (int64, error) {
+		return st.PurgeKeys(ctx, ttl)
+	})
+}
+
+// purgeEvery runs purge every interval, each run bounded by it, until ctx
+// is done. A failure is logged and the next round tries again.
+func purgeEvery(ctx context.Context, log *slog.Logger, interval time.Duration, what string, purge func(context.Context) (int64, error)) {
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {
@@ -278,14 +305,14 @@ func purgeKeys(ctx context.Context, log *slog.Logger, st *store.Store, ttl time.
 			return
 		case <-tick.C:
 		}
-		purgeCtx, cancel := context.WithTimeout(ctx, keyPurgeInterval)
-		n, err := st.PurgeKeys(purgeCtx, ttl)
+		purgeCtx, cancel := context.WithTimeout(ctx, interval)
+		n, err := purge(purgeCtx)
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil:
-			log.Warn("purge expired idempotency keys", "error", err.Error())
+			log.Warn("purge "+what, "error", err.Error())
 		case n > 0:
-			log.Debug("purged expired idempotency keys", "deleted", n)
+			log.Debug("purged "+what, "deleted", n)
 		}
 	}
 }

@@ -159,21 +159,22 @@ func TestReadmeExamples(t *testing.T) {
 	if len(examples) < 20 {
 		t.Fatalf("found %d examples in README.md; the parser is broken or the examples are gone", len(examples))
 	}
-	db := dbtest.NewSchema(t)
-	// The servers the blocks ask for, started before the steps so that they outlive each step.
-	servers := map[string]*proc{}
+	// A database with logical replication, for the change feed's examples; its slot is the test's.
+	db, slot := dbtest.NewLogicalSchema(t)
+	// The servers the blocks ask for, started before the steps so that they outlive each step. The first
+	// records the changes from before the first write on: the feed's examples show them all.
+	servers := map[string]*proc{"": startReady(t, db, "FEED_SLOT="+slot)}
+	servers[""].waitLog(t, "change feed: recording changes (this instance holds the slot)", 1, startWithin)
 	for _, ex := range examples {
 		if _, ok := servers[ex.server]; ok {
 			continue
 		}
 		switch d := ex.server; {
-		case d == "":
-			servers[d] = startReady(t, db)
 		case d == "database stopped":
 			// Nothing listens on port 1: every connection is refused, as with a stopped database.
 			servers[d] = startServer(t, "DATABASE_URL=postgres://postgres@127.0.0.1:1/postgres?sslmode=disable")
 		default:
-			servers[d] = startReady(t, db, strings.Fields(strings.TrimPrefix(d, "env "))...)
+			servers[d] = startReady(t, db, append(strings.Fields(strings.TrimPrefix(d, "env ")), "FEED_SLOT="+slot)...)
 		}
 	}
 	for _, ex := range examples {

@@ -93,10 +93,6 @@ func cutBelow(w http.ResponseWriter) {
 	}
 }
 
-// mediaEventStream is what a server-sent event stream answers (never
-// compressed, see compressAnswers).
-const mediaEventStream = "text/event-stream"
-
 // asksEventStream reports whether accept names text/event-stream itself
 // (as EventSource sends it), not through a wildcard: a client that takes
 // anything (*/*, as curl sends) gets JSON, compressed.

@@ -89,6 +89,14 @@ func respond(log *slog.Logger, w http.ResponseWriter, r *http.Request, err error
 	case errors.Is(err, store.ErrPreconditionFailed):
 		writeProblem(w, http.StatusPreconditionFailed,
 			"The test has changed: its ETag is not one If-Match names. Read it again, then retry.", nil)
+	case errors.Is(err, store.ErrCursorGone):
+		writeProblem(w, http.StatusGone,
+			"The changes after this cursor are no longer kept: read the table again (GET /tests), then follow the feed from there.", nil)
+	case errors.Is(err, store.ErrCursorUnknown):
+		writeProblem(w, http.StatusBadRequest, "The cursor (Last-Event-ID) must be an event id of this feed.", nil)
+	case errors.Is(err, store.ErrFeedNotReady):
+		writeProblem(w, http.StatusServiceUnavailable,
+			"The change feed is starting: no instance records changes yet; retry shortly.", nil)
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, context.Canceled) && !clientGone(r):
 		// A cancel the client did not cause (a statement cut off by the

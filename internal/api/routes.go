@@ -73,6 +73,13 @@ type options struct {
 	tracerProvider trace.TracerProvider            // see Tracing; nil means no tracing
 	propagator     propagation.TextMapPropagator   // see Tracing
 	compress       func(http.Handler) http.Handler // see Compress; nil means off
+	feed           *Feed                           // see WithFeed; nil means the change feed is off
+}
+
+// WithFeed serves the change feed f on GET /tests (Accept:
+// text/event-stream).
+func WithFeed(f *Feed) Option {
+	return func(o *options) { o.feed = f }
 }
 
 // WithMetrics counts and times every request in m and, when serve is true,
@@ -134,7 +141,7 @@ func NewHandler(log *slog.Logger, st testStore, lim Limits, opts ...Option) http
 		handleTestsImport(log, st, lim),
 		timeout(lim.RequestTimeout)(handleTestsCreate(log, st, lim, o.idempotencyTTL)),
 	).ServeHTTP)
-	r.Get("/tests", handleTestsList(log, st, lim).ServeHTTP) // times its own JSON pages; streams run long
+	r.Get("/tests", handleTestsList(log, st, lim, o.feed).ServeHTTP) // times its own JSON pages; streams and the feed run long
 	r.With(timeout(lim.RequestTimeout)).Get("/tests/{id}", handleTestsGet(log, st).ServeHTTP)
 	r.With(requireToken(log, o.token), timeout(lim.RequestTimeout)).
 		Patch("/tests/{id}", handleTestsRename(log, st, lim, o.idempotencyTTL).ServeHTTP)

@@ -30,6 +30,9 @@ const (
 	mediaJSON   = "application/json"
 	mediaNDJSON = "application/x-ndjson"
 	mediaCSV    = "text/csv"
+	// mediaEventStream is Server-Sent Events, the change feed's (see
+	// feed.go; never compressed, see compressAnswers).
+	mediaEventStream = "text/event-stream"
 	// mediaMergePatch is RFC 7396's JSON merge patch, PATCH's body.
 	mediaMergePatch = "application/merge-patch+json"
 )
@@ -238,22 +241,32 @@ func pathID(r *http.Request) (int64, error) {
 	return id, nil
 }
 
-// handleTestsList handles GET /tests: 200, 304, 400, 406, 503. JSON answers
-// one keyset page (with its ETag, or a 304); NDJSON and CSV stream every
-// row from after on (or limit rows when limit is given) as they come from
-// the database; with name, either holds the one row of that name or none.
-func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
+// handleTestsList handles GET /tests: 200, 304, 400, 406, 410, 503. JSON
+// answers one keyset page (with its ETag, or a 304); NDJSON and CSV stream
+// every row from after on (or limit rows when limit is given) as they come
+// from the database; with name, either holds the one row of that name or
+// none. text/event-stream is the change feed (feed.go), when feed is set.
+func handleTestsList(log *slog.Logger, st testStore, lim Limits, feed *Feed) http.Handler {
 	exports := make(chan struct{}, lim.MaxExports)
+	offers := []string{mediaJSON, mediaNDJSON, mediaCSV}
+	withFeed := append(offers[:len(offers):len(offers)], mediaEventStream)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The answer depends on Accept: caches must key on it. Added to,
 		// not set: CORS has put Origin there.
 		w.Header().Add("Vary", "Accept")
-		media := negotiate(r.Header.Get("Accept"), mediaJSON, mediaNDJSON, mediaCSV)
+		feedOn := feed.On()
+		media := negotiate(r.Header.Get("Accept"), offers...)
+		if feedOn {
+			media = negotiate(r.Header.Get("Accept"), withFeed...)
+		}
 		if media == "" {
-			respond(log, w, r, &requestError{
-				status: http.StatusNotAcceptable,
-				detail: "GET /tests answers application/json, application/x-ndjson or text/csv.",
-			})
+			detail := "GET /tests answers application/json, application/x-ndjson or text/csv."
+			if feedOn {
+				detail = "GET /tests answers application/json, application/x-ndjson, text/csv or text/event-stream."
+			} else if quality(r.Header.Get("Accept"), mediaEventStream) > 0 {
+				detail += " The change feed (text/event-stream) is off: it needs a database with logical replication (wal_level=logical) and FEED=auto or on."
+			}
+			respond(log, w, r, &requestError{status: http.StatusNotAcceptable, detail: detail})
 			return
 		}
 		// Unlike URL.Query, ParseQuery reports what it cannot parse, and a
@@ -287,6 +300,21 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits) http.Handler {
 				}
 				return err
 			}
+		}
+		if media == mediaEventStream {
+			if byName || q.Has("limit") {
+				respond(log, w, r, badRequest("The change feed takes after and cursor, not name or limit."))
+				return
+			}
+			feed.serve(log, w, r, q, after, lim, func() (bool, func()) {
+				select {
+				case exports <- struct{}{}:
+					return true, func() { <-exports }
+				default:
+					return false, nil
+				}
+			})
+			return
 		}
 		if media != mediaJSON {
 			// Each export holds a database connection for as long as the

@@ -245,6 +245,9 @@ type After = int64
 // ContentEncoding defines model for ContentEncoding.
 type ContentEncoding string
 
+// Cursor defines model for Cursor.
+type Cursor = int64
+
 // IdempotencyKey defines model for IdempotencyKey.
 type IdempotencyKey = string
 
@@ -253,6 +256,9 @@ type IfMatch = string
 
 // IfNoneMatch defines model for IfNoneMatch.
 type IfNoneMatch = string
+
+// LastEventID defines model for LastEventID.
+type LastEventID = string
 
 // Limit defines model for Limit.
 type Limit = int
@@ -355,6 +361,10 @@ type ListTestsParams struct {
 	// characters (else `400`).
 	Name *Name `form:"name,omitempty" json:"name,omitempty"`
 
+	// Cursor Change feed only: resume after this event id, as `Last-Event-ID`
+	// does (for clients that cannot set headers). Both given must agree.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+
 	// IfNoneMatch Entity tags of representations the client has (or `*`); when the
 	// current one is among them the answer is `304` without a body.
 	IfNoneMatch *IfNoneMatch `json:"If-None-Match,omitempty"`
@@ -362,6 +372,11 @@ type ListTestsParams struct {
 	// Prefer RFC 7240 preferences; `count=exact` or `count=estimated` asks a JSON
 	// page of `GET /tests` for the number of tests. Others are ignored.
 	Prefer *Prefer `json:"Prefer,omitempty"`
+
+	// LastEventID Change feed only: the id of the last event the client received;
+	// the feed resumes with the changes after it. `EventSource` sends it
+	// by itself when it reconnects.
+	LastEventID *LastEventID `json:"Last-Event-ID,omitempty"`
 }
 
 // CreateTestsParams defines parameters for CreateTests.
@@ -765,6 +780,32 @@ type ClientInterface interface {
 	// gets the exact count, with `Preference-Applied: count=exact`. With
 	// `name` the count is of the rows of that name (0 or 1). Exports ignore
 	// the preference.
+	//
+	// **Change feed.** With `Accept: text/event-stream` (Server-Sent
+	// Events: browsers' `EventSource`, `curl -N`) the answer never ends
+	// by itself. Without a cursor it first sends the tests with an id
+	// above `after` as `row` events, then a `ready` event, then every
+	// committed change to the table, by this API or by anyone else, in
+	// commit order: `create` and `rename` (data: the `Test`), `delete`
+	// (data: `{"id": ...}`) and `truncate` (data: `{}`). Each change has
+	// an `id`, its cursor; a client that reconnects with it in
+	// `Last-Event-ID` (as `EventSource` does by itself) or in `cursor`
+	// gets exactly the changes after it, through any instance, for
+	// `FEED_RETENTION` (default 24 h). Rows carry no id, nor do changes
+	// sent before the first one that committed after the rows were
+	// read: a client cut off before its first id reads the rows again.
+	// A cursor older than the changes kept is a `410`: read the table
+	// again. Idle feeds get an SSE comment every `FEED_HEARTBEAT`. A feed
+	// ends with an `end` event whose data says why (`reason`: `behind`,
+	// more than `FEED_MAX_LAG` changes behind the table; `shutdown`, the
+	// instance stops; `gone`, changes after its position are no longer
+	// kept; `unavailable`, the database failed) and a `detail`; the first
+	// two resume from the last id. More than `FEED_MAX` feeds on one
+	// instance is a `503`. The feed takes `after` and `cursor`, not
+	// `limit` or `name` (`400`), and needs the token as reads do (none).
+	// When the feed is off (`FEED=off`, or `auto` on a database without
+	// `wal_level=logical`) an `Accept` that allows only
+	// `text/event-stream` is a `406` that says so.
 	//
 	// Corresponds with GET /tests (the `ListTests` operationId).
 	ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1198,6 +1239,32 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 // gets the exact count, with `Preference-Applied: count=exact`. With
 // `name` the count is of the rows of that name (0 or 1). Exports ignore
 // the preference.
+//
+// **Change feed.** With `Accept: text/event-stream` (Server-Sent
+// Events: browsers' `EventSource`, `curl -N`) the answer never ends
+// by itself. Without a cursor it first sends the tests with an id
+// above `after` as `row` events, then a `ready` event, then every
+// committed change to the table, by this API or by anyone else, in
+// commit order: `create` and `rename` (data: the `Test`), `delete`
+// (data: `{"id": ...}`) and `truncate` (data: `{}`). Each change has
+// an `id`, its cursor; a client that reconnects with it in
+// `Last-Event-ID` (as `EventSource` does by itself) or in `cursor`
+// gets exactly the changes after it, through any instance, for
+// `FEED_RETENTION` (default 24 h). Rows carry no id, nor do changes
+// sent before the first one that committed after the rows were
+// read: a client cut off before its first id reads the rows again.
+// A cursor older than the changes kept is a `410`: read the table
+// again. Idle feeds get an SSE comment every `FEED_HEARTBEAT`. A feed
+// ends with an `end` event whose data says why (`reason`: `behind`,
+// more than `FEED_MAX_LAG` changes behind the table; `shutdown`, the
+// instance stops; `gone`, changes after its position are no longer
+// kept; `unavailable`, the database failed) and a `detail`; the first
+// two resume from the last id. More than `FEED_MAX` feeds on one
+// instance is a `503`. The feed takes `after` and `cursor`, not
+// `limit` or `name` (`400`), and needs the token as reads do (none).
+// When the feed is off (`FEED=off`, or `auto` on a database without
+// `wal_level=logical`) an `Accept` that allows only
+// `text/event-stream` is a `406` that says so.
 //
 // Corresponds with GET /tests (the `ListTests` operationId).
 func (c *Client) ListTests(ctx context.Context, params *ListTestsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1810,6 +1877,18 @@ func NewListTestsRequest(server string, params *ListTestsParams) (*http.Request,
 
 		}
 
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if encoded := queryValues.Encode(); encoded != "" {
 			rawQueryFragments = append(rawQueryFragments, encoded)
 		}
@@ -1843,6 +1922,17 @@ func NewListTestsRequest(server string, params *ListTestsParams) (*http.Request,
 			}
 
 			req.Header.Set("Prefer", headerParam1)
+		}
+
+		if params.LastEventID != nil {
+			var headerParam2 string
+
+			headerParam2, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam2)
 		}
 
 	}
@@ -2338,6 +2428,32 @@ type ClientWithResponsesInterface interface {
 	// gets the exact count, with `Preference-Applied: count=exact`. With
 	// `name` the count is of the rows of that name (0 or 1). Exports ignore
 	// the preference.
+	//
+	// **Change feed.** With `Accept: text/event-stream` (Server-Sent
+	// Events: browsers' `EventSource`, `curl -N`) the answer never ends
+	// by itself. Without a cursor it first sends the tests with an id
+	// above `after` as `row` events, then a `ready` event, then every
+	// committed change to the table, by this API or by anyone else, in
+	// commit order: `create` and `rename` (data: the `Test`), `delete`
+	// (data: `{"id": ...}`) and `truncate` (data: `{}`). Each change has
+	// an `id`, its cursor; a client that reconnects with it in
+	// `Last-Event-ID` (as `EventSource` does by itself) or in `cursor`
+	// gets exactly the changes after it, through any instance, for
+	// `FEED_RETENTION` (default 24 h). Rows carry no id, nor do changes
+	// sent before the first one that committed after the rows were
+	// read: a client cut off before its first id reads the rows again.
+	// A cursor older than the changes kept is a `410`: read the table
+	// again. Idle feeds get an SSE comment every `FEED_HEARTBEAT`. A feed
+	// ends with an `end` event whose data says why (`reason`: `behind`,
+	// more than `FEED_MAX_LAG` changes behind the table; `shutdown`, the
+	// instance stops; `gone`, changes after its position are no longer
+	// kept; `unavailable`, the database failed) and a `detail`; the first
+	// two resume from the last id. More than `FEED_MAX` feeds on one
+	// instance is a `503`. The feed takes `after` and `cursor`, not
+	// `limit` or `name` (`400`), and needs the token as reads do (none).
+	// When the feed is off (`FEED=off`, or `auto` on a database without
+	// `wal_level=logical`) an `Accept` that allows only
+	// `text/event-stream` is a `406` that says so.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -3109,6 +3225,11 @@ type ListTestsResponse406Headers struct {
 	XRequestId string
 }
 
+// ListTestsResponse410Headers the declared response headers of an HTTP 410 response for ListTests
+type ListTestsResponse410Headers struct {
+	XRequestId string
+}
+
 // ListTestsResponse500Headers the declared response headers of an HTTP 500 response for ListTests
 type ListTestsResponse500Headers struct {
 	XRequestId string
@@ -3129,6 +3250,8 @@ type ListTestsResponse struct {
 	ApplicationproblemJSON400 *BadRequest
 	// ApplicationproblemJSON406 the response for an HTTP 406 `application/problem+json` response
 	ApplicationproblemJSON406 *NotAcceptable
+	// ApplicationproblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationproblemJSON410 *Problem
 	// ApplicationproblemJSON500 the response for an HTTP 500 `application/problem+json` response
 	ApplicationproblemJSON500 *InternalError
 	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
@@ -3141,6 +3264,8 @@ type ListTestsResponse struct {
 	Headers400 *ListTestsResponse400Headers
 	// Headers406 the parsed response headers for an HTTP 406 response
 	Headers406 *ListTestsResponse406Headers
+	// Headers410 the parsed response headers for an HTTP 410 response
+	Headers410 *ListTestsResponse410Headers
 	// Headers500 the parsed response headers for an HTTP 500 response
 	Headers500 *ListTestsResponse500Headers
 	// Headers503 the parsed response headers for an HTTP 503 response
@@ -3160,6 +3285,11 @@ func (r ListTestsResponse) GetApplicationproblemJSON400() *BadRequest {
 // GetApplicationproblemJSON406 returns the response for an HTTP 406 `application/problem+json` response
 func (r ListTestsResponse) GetApplicationproblemJSON406() *NotAcceptable {
 	return r.ApplicationproblemJSON406
+}
+
+// GetApplicationproblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r ListTestsResponse) GetApplicationproblemJSON410() *Problem {
+	return r.ApplicationproblemJSON410
 }
 
 // GetApplicationproblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
@@ -4106,6 +4236,32 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 // `name` the count is of the rows of that name (0 or 1). Exports ignore
 // the preference.
 //
+// **Change feed.** With `Accept: text/event-stream` (Server-Sent
+// Events: browsers' `EventSource`, `curl -N`) the answer never ends
+// by itself. Without a cursor it first sends the tests with an id
+// above `after` as `row` events, then a `ready` event, then every
+// committed change to the table, by this API or by anyone else, in
+// commit order: `create` and `rename` (data: the `Test`), `delete`
+// (data: `{"id": ...}`) and `truncate` (data: `{}`). Each change has
+// an `id`, its cursor; a client that reconnects with it in
+// `Last-Event-ID` (as `EventSource` does by itself) or in `cursor`
+// gets exactly the changes after it, through any instance, for
+// `FEED_RETENTION` (default 24 h). Rows carry no id, nor do changes
+// sent before the first one that committed after the rows were
+// read: a client cut off before its first id reads the rows again.
+// A cursor older than the changes kept is a `410`: read the table
+// again. Idle feeds get an SSE comment every `FEED_HEARTBEAT`. A feed
+// ends with an `end` event whose data says why (`reason`: `behind`,
+// more than `FEED_MAX_LAG` changes behind the table; `shutdown`, the
+// instance stops; `gone`, changes after its position are no longer
+// kept; `unavailable`, the database failed) and a `detail`; the first
+// two resume from the last id. More than `FEED_MAX` feeds on one
+// instance is a `503`. The feed takes `after` and `cursor`, not
+// `limit` or `name` (`400`), and needs the token as reads do (none).
+// When the feed is off (`FEED=off`, or `auto` on a database without
+// `wal_level=logical`) an `Accept` that allows only
+// `text/event-stream` is a `406` that says so.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /tests (the `ListTests` operationId).
@@ -4954,6 +5110,13 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 		}
 		response.ApplicationproblemJSON406 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON410 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest InternalError
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4969,7 +5132,7 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 		response.ApplicationproblemJSON503 = &dest
 
 	case rsp.StatusCode == 200:
-		// Content-type (text/csv) unsupported
+		// Content-type (text/event-stream) unsupported
 
 	}
 
@@ -5070,6 +5233,16 @@ func ParseListTestsResponse(rsp *http.Response) (*ListTestsResponse, error) {
 			headers.XRequestId = value
 		}
 		response.Headers406 = &headers
+	case rsp.StatusCode == 410:
+		var headers ListTestsResponse410Headers
+		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Request-Id", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XRequestId = value
+		}
+		response.Headers410 = &headers
 	case rsp.StatusCode == 500:
 		var headers ListTestsResponse500Headers
 		if values := rsp.Header.Values("X-Request-Id"); len(values) > 0 {

@@ -58,7 +58,7 @@ var shared struct {
 func Main(m *testing.M) {
 	mainCalled.Store(true)
 	code := m.Run()
-	if err := stopShared(); err != nil {
+	if err := errors.Join(stopShared(), stopLogical()); err != nil {
 		fmt.Fprintln(os.Stderr, "dbtest:", err)
 		if code == 0 {
 			code = 1

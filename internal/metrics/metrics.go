@@ -33,6 +33,7 @@ type Metrics struct {
 	batches  prometheus.Histogram
 	flights  prometheus.Histogram
 	pages    prometheus.Histogram
+	feed     feedMetrics
 
 	// series caches each label set's counter and histogram: one map
 	// lookup per request instead of two label hashes and validations.
@@ -101,11 +102,13 @@ func New() *Metrics {
 			Buckets:   prometheus.ExponentialBuckets(1, 2, 9),
 		}),
 		series: map[seriesKey]series{},
+		feed:   newFeedMetrics(),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.requests, m.duration, m.inFlight, m.dbErrors, m.batches, m.flights, m.pages,
+		m.feed.slotLag, m.feed.slotState, m.feed.consumer,
 	)
 	return m
 }

@@ -145,3 +145,14 @@ func (s step) Version() int { return s.version }
 
 // SchemaLock is the advisory lock key Migrate takes.
 const SchemaLock = schemaLock
+
+// PurgeChangesBatch is how many changes PurgeChanges deletes per statement.
+const PurgeChangesBatch = purgeChangesBatch
+
+// ParseSnapshot makes the Snapshot FeedSnapshot would from
+// pg_current_snapshot's text and a WAL position.
+func ParseSnapshot(snap, lsn string) (Snapshot, error) {
+	sn := Snapshot{exact: true}
+	err := sn.parse(snap, lsn)
+	return sn, err
+}

@@ -59,6 +59,48 @@ var migrations = []step{
 		`CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON idempotency_keys (created_at ASC)`,
 	)},
 	{version: 3, name: "range index on a hash-sharded test.id", run: rangeIndexOnHashKey, outsideTx: true},
+	{version: 4, name: "create tables test_changes and test_changes_state", run: createChangeTables},
+}
+
+// createChangeTables creates the change feed's tables (see feed.go):
+// test_changes, every committed change to test in commit order, seq being
+// the feed's cursor; and test_changes_state, its one row saying how far
+// the consumer has recorded (last_seq, and last_lsn, the commit LSN of the
+// last transaction recorded, by which a consumer that restarts skips what
+// it already has) and below which cursor changes are gone (floor). Both
+// are created whether or not the feed is on, so that turning it on later
+// is no schema change. On YugabyteDB seq is range-sharded (ASC): the feed
+// reads it in ranges (seq > $cursor ORDER BY seq).
+func createChangeTables(ctx context.Context, db querier, d Dialect) error {
+	asc := ""
+	if d == YugabyteDB {
+		asc = " ASC"
+	}
+	return statements(
+		`CREATE TABLE IF NOT EXISTS test_changes (
+    seq          bigint NOT NULL,
+    commit_lsn   bigint NOT NULL,
+    xid          bigint NOT NULL,
+    kind         text NOT NULL,
+    id           integer,
+    name         varchar(255),
+    committed_at timestamptz NOT NULL,
+    PRIMARY KEY (seq`+asc+`)
+)`,
+		// The retention purge finds the oldest changes by commit time.
+		`CREATE INDEX IF NOT EXISTS test_changes_committed_at ON test_changes (committed_at ASC)`,
+		`CREATE TABLE IF NOT EXISTS test_changes_state (
+    id         integer NOT NULL,
+    last_seq   bigint NOT NULL,
+    last_lsn   bigint NOT NULL,
+    floor      bigint NOT NULL,
+    slot_ready boolean NOT NULL,
+    PRIMARY KEY (id)
+)`,
+		`INSERT INTO test_changes_state (id, last_seq, last_lsn, floor, slot_ready)
+VALUES (1, 0, 0, 0, false)
+ON CONFLICT (id) DO NOTHING`,
+	)(ctx, db, d)
 }
 
 // statements returns a step's body that runs each statement in order.

@@ -37,12 +37,13 @@ var (
 // ErrUnavailable until Migrate has succeeded, so a service that starts
 // before its database serves 503s, not errors about a missing table.
 type Store struct {
-	pool    *pgxpool.Pool
-	ready   atomic.Bool
-	creates batcher               // group commit for Create
-	pages   pageReader            // coalesced reads for List
-	onError func(sqlstate string) // see ObserveErrors; nil means nobody listens
-	dialect Dialect               // forces dialectOf's answer; "" (always, outside tests) reads it from the connection
+	pool      *pgxpool.Pool
+	ready     atomic.Bool
+	creates   batcher               // group commit for Create
+	pages     pageReader            // coalesced reads for List
+	onError   func(sqlstate string) // see ObserveErrors; nil means nobody listens
+	onChanges func()                // see OnChanges; nil means nobody listens
+	dialect   Dialect               // forces dialectOf's answer; "" (always, outside tests) reads it from the connection
 }
 
 // New returns a Store using pool. The pool stays the caller's to close,

@@ -1,0 +1,495 @@
+package api
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ybrest/testsapi/internal/store"
+)
+
+// changeStore is what the change feed needs from the store.
+type changeStore interface {
+	FeedState(ctx context.Context) (store.FeedState, error)
+	FeedSnapshot(ctx context.Context, after int64, fn func(store.Test) error) (store.Snapshot, error)
+	ChangesAfter(ctx context.Context, cursor int64, limit int) ([]store.Change, error)
+}
+
+var _ changeStore = (*store.Store)(nil)
+
+// FeedConfig tunes the change feed.
+type FeedConfig struct {
+	MaxFeeds  int           // most feeds connected to this instance at once; more is 503
+	Heartbeat time.Duration // longest a feed goes without a byte: then an SSE comment
+	// MaxLag is how many changes further behind than its best a feed may
+	// fall before it is cut with an end event: a client that reads slower
+	// than the table changes.
+	MaxLag int64
+	Poll   time.Duration // how often the instance looks for new changes
+}
+
+// Feed limits and sizes.
+const (
+	feedPage = 500 // changes read per query by a feed that is behind
+	// feedRing is how many recent changes an instance keeps in memory for
+	// the feeds that are up to date: one copy for all of them.
+	feedRing = 10000
+)
+
+// Feed serves the change feed: GET /tests with Accept: text/event-stream.
+// One tail per instance (Run) reads the changes the consumer records and
+// keeps the recent ones; each connected feed takes from them what it has
+// not sent, or, when it is behind them, reads a page from the database
+// itself. Nothing is buffered per client beyond one page.
+type Feed struct {
+	log *slog.Logger
+	st  changeStore
+	cfg FeedConfig
+
+	slots   chan struct{} // one per connected feed
+	kick    chan struct{} // Notify: new changes were committed here
+	closing chan struct{} // closed by Shutdown
+	once    sync.Once
+	off     atomic.Bool // see Disable
+
+	mu    sync.Mutex
+	ring  []store.Change // the changes with base < seq <= head, in seq order
+	base  int64
+	head  int64
+	fresh bool          // ring and head follow the table (a feed is connected)
+	wake  chan struct{} // closed when head moves
+	subs  int
+}
+
+// NewFeed returns the feed over st. Call Run to follow the changes.
+func NewFeed(log *slog.Logger, st changeStore, cfg FeedConfig) *Feed {
+	return &Feed{
+		log: log, st: st, cfg: cfg,
+		slots:   make(chan struct{}, cfg.MaxFeeds),
+		kick:    make(chan struct{}, 1),
+		closing: make(chan struct{}),
+		wake:    make(chan struct{}),
+	}
+}
+
+// Disable turns the feed off after the fact: FEED=auto on a database
+// found to lack logical replication. GET /tests then answers as if it
+// had no feed.
+func (f *Feed) Disable() { f.off.Store(true) }
+
+// On reports whether the feed is served; a nil Feed is off.
+func (f *Feed) On() bool { return f != nil && !f.off.Load() }
+
+// Notify tells the feed that changes were just recorded (store.OnChanges),
+// so that it looks before its next poll.
+func (f *Feed) Notify() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Shutdown ends every connected feed with an end event that says the
+// instance is stopping (the client reconnects, to another instance,
+// with its Last-Event-ID); for http.Server.RegisterOnShutdown.
+func (f *Feed) Shutdown() { f.once.Do(func() { close(f.closing) }) }
+
+// Run follows the recorded changes until ctx is done, while feeds are
+// connected.
+func (f *Feed) Run(ctx context.Context) {
+	tick := time.NewTicker(f.cfg.Poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-f.kick:
+		}
+		for f.poll(ctx) {
+		}
+	}
+}
+
+// poll reads the changes after head into the ring and wakes the feeds;
+// it reports whether there may be more at once.
+func (f *Feed) poll(ctx context.Context) bool {
+	f.mu.Lock()
+	subs, fresh, head := f.subs, f.fresh, f.head
+	if subs == 0 {
+		f.fresh = false // nobody reads: stop following, start afresh later
+		f.ring = nil
+	}
+	f.mu.Unlock()
+	if subs == 0 {
+		return false
+	}
+	if !fresh {
+		st, err := f.st.FeedState(ctx)
+		if err != nil {
+			f.logPoll(ctx, err)
+			return false
+		}
+		f.mu.Lock()
+		f.ring, f.base, f.head, f.fresh = nil, st.LastSeq, st.LastSeq, true
+		f.broadcast()
+		f.mu.Unlock()
+		return true
+	}
+	cs, err := f.st.ChangesAfter(ctx, head, feedPage)
+	if errors.Is(err, store.ErrCursorGone) {
+		// A gap (a lost slot) or a purge passed head: start afresh; the
+		// feeds behind it find out from their own reads.
+		f.mu.Lock()
+		f.fresh = false
+		f.broadcast()
+		f.mu.Unlock()
+		return true
+	}
+	if err != nil {
+		f.logPoll(ctx, err)
+		return false
+	}
+	if len(cs) == 0 {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ring = append(f.ring, cs...)
+	if n := len(f.ring) - feedRing; n > 0 {
+		f.base = f.ring[n-1].Seq
+		f.ring = append(f.ring[:0:0], f.ring[n:]...)
+	}
+	f.head = cs[len(cs)-1].Seq
+	f.broadcast()
+	return len(cs) == feedPage
+}
+
+func (f *Feed) logPoll(ctx context.Context, err error) {
+	if ctx.Err() == nil {
+		f.log.Warn("change feed: read changes", "error", err.Error())
+	}
+}
+
+// broadcast wakes every feed waiting for head to move; f.mu is held.
+func (f *Feed) broadcast() {
+	close(f.wake)
+	f.wake = make(chan struct{})
+}
+
+// read returns up to feedPage changes after cursor, from the ring when it
+// holds them, from the database otherwise; with head as far as this
+// instance knows and a channel closed when head moves.
+func (f *Feed) read(ctx context.Context, cursor int64) ([]store.Change, int64, <-chan struct{}, error) {
+	f.mu.Lock()
+	head, wake, fresh, base := f.head, f.wake, f.fresh, f.base
+	if fresh && cursor >= base {
+		i := sort.Search(len(f.ring), func(i int) bool { return f.ring[i].Seq > cursor })
+		cs := f.ring[i:min(len(f.ring), i+feedPage)]
+		f.mu.Unlock()
+		return cs, head, wake, nil
+	}
+	f.mu.Unlock()
+	if !fresh {
+		// The tail is (re)starting: wait for it rather than read.
+		return nil, max(head, cursor), wake, nil
+	}
+	cs, err := f.st.ChangesAfter(ctx, cursor, feedPage)
+	return cs, max(head, cursor), wake, err
+}
+
+func (f *Feed) subscribe() {
+	f.mu.Lock()
+	f.subs++
+	f.mu.Unlock()
+	f.Notify() // a tail that was idle starts at once
+}
+
+func (f *Feed) unsubscribe() {
+	f.mu.Lock()
+	f.subs--
+	f.mu.Unlock()
+}
+
+// feedCursor reads the cursor a feed resumes from: the Last-Event-ID
+// header (what EventSource sends when it reconnects) or the cursor query
+// parameter; ok is false when there is none.
+func feedCursor(r *http.Request, q url.Values) (cursor int64, ok bool, err error) {
+	h, hasHeader := r.Header["Last-Event-Id"]
+	p, hasParam := q["cursor"]
+	if !hasHeader && !hasParam {
+		return 0, false, nil
+	}
+	if len(h) > 1 || len(p) > 1 || hasHeader && hasParam && h[0] != p[0] {
+		return 0, false, badRequest("Give one cursor: Last-Event-ID or the cursor parameter, once.")
+	}
+	s := p
+	if hasHeader {
+		s = h
+	}
+	c, err := parseUint(s[0])
+	if err != nil {
+		return 0, false, badRequest("The cursor (Last-Event-ID) must be an event id of this feed.")
+	}
+	return c, true, nil
+}
+
+// serve handles GET /tests as an event stream: 200, 400, 410, 503. Without
+// a cursor it first sends the rows with an id above after (event row, no
+// id) and event ready, then every change (create, rename, delete,
+// truncate) as it commits; with one, the changes after it. startRows
+// takes an export slot for the rows, which hold a database connection
+// while they are sent; it reports false when none is free.
+func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q url.Values, after int64, lim Limits, startRows func() (bool, func())) {
+	cursor, resume, err := feedCursor(r, q)
+	if err != nil {
+		respond(log, w, r, err)
+		return
+	}
+	if r.Method == http.MethodHead {
+		// The headers a feed would have, and no stream: a HEAD must end.
+		w.Header().Set("Content-Type", mediaEventStream+"; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	select {
+	case f.slots <- struct{}{}:
+		defer func() { <-f.slots }()
+	default:
+		respond(log, w, r, &requestError{status: http.StatusServiceUnavailable,
+			detail: "Too many change feeds are connected; retry shortly."})
+		return
+	}
+	f.subscribe()
+	defer f.unsubscribe()
+
+	rc := http.NewResponseController(w)
+	sw := &sseWriter{w: w, rc: rc, bw: bufio.NewWriterSize(w, streamFlushBytes), timeout: lim.WriteTimeout}
+	ctx := r.Context()
+
+	var sn store.Snapshot
+	if resume {
+		st, err := f.st.FeedState(ctx)
+		if err == nil {
+			err = st.Check(cursor)
+		}
+		if err != nil {
+			respond(log, w, r, err)
+			return
+		}
+		sn = store.Snapshot{Head: st}
+	} else {
+		ok, done := startRows()
+		if !ok {
+			respond(log, w, r, &requestError{status: http.StatusServiceUnavailable,
+				detail: "Too many exports are running; retry shortly."})
+			return
+		}
+		// Until the first row comes the request timeout bounds the read;
+		// once rows flow, the client's pace does (the write timeout).
+		rowsCtx, cancel := context.WithCancel(ctx)
+		firstRow := time.AfterFunc(lim.RequestTimeout, cancel)
+		sn, err = f.st.FeedSnapshot(rowsCtx, after, func(t store.Test) error {
+			if !sw.started {
+				if !firstRow.Stop() {
+					return context.DeadlineExceeded
+				}
+				sw.start()
+			}
+			return sw.event("row", "", appendTest(sw.buf(), t))
+		})
+		firstRow.Stop()
+		cancel()
+		done()
+		if err != nil {
+			if !sw.started {
+				if rowsCtx.Err() != nil && ctx.Err() == nil {
+					err = context.DeadlineExceeded
+				}
+				respond(log, w, r, err)
+				return
+			}
+			f.cut(r, err)
+		}
+		cursor = sn.Head.LastSeq
+	}
+	if !sw.started {
+		sw.start()
+	}
+	if !resume {
+		id := ""
+		if !sn.Exact() {
+			id = itoa(cursor) // nothing to filter: the head resumes
+		}
+		if err := sw.event("ready", id, []byte("{}")); err != nil {
+			f.cut(r, err)
+		}
+	}
+	// Until the first change past the snapshot, changes the rows already
+	// show are skipped, and the others carry no id: resumed from one of
+	// them, a feed could not skip the rest.
+	filter := !resume
+	heartbeat := time.NewTicker(f.cfg.Heartbeat)
+	defer heartbeat.Stop()
+	bestLag := int64(-1)
+	for {
+		cs, head, wake, err := f.read(ctx, cursor)
+		if errors.Is(err, store.ErrCursorGone) {
+			f.end(r, sw, "gone", "Changes after this feed's position are no longer kept (or were never recorded): read the table again, then follow the feed from its new position.")
+			return
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				logError(log, r, http.StatusOK, err)
+			}
+			// The client reconnects with its Last-Event-ID.
+			f.end(r, sw, "unavailable", "The database is unavailable; reconnect shortly with the last event id.")
+			return
+		}
+		for _, c := range cs {
+			cursor = c.Seq
+			id := itoa(c.Seq)
+			if filter {
+				if filter = !sn.Past(c); filter {
+					if sn.Seen(c) {
+						continue
+					}
+					id = ""
+				}
+			}
+			if err := sw.event(c.Kind, id, appendChange(sw.buf(), c)); err != nil {
+				f.cut(r, err)
+			}
+		}
+		if err := sw.flush(); err != nil {
+			f.cut(r, err)
+		}
+		lag := head - cursor
+		if bestLag < 0 || lag < bestLag {
+			bestLag = lag
+		}
+		if lag-bestLag > f.cfg.MaxLag {
+			f.end(r, sw, "behind", "This feed fell more than "+itoa(f.cfg.MaxLag)+" changes behind the table: reconnect with the last event id to go on.")
+			return
+		}
+		if len(cs) > 0 && cursor < head {
+			continue
+		}
+		select {
+		case <-wake:
+		case <-heartbeat.C:
+			if err := sw.comment(); err != nil {
+				f.cut(r, err)
+			}
+		case <-f.closing:
+			f.end(r, sw, "shutdown", "This instance is shutting down: reconnect with the last event id.")
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// end sends the final event, saying why the feed ends, and returns.
+func (f *Feed) end(r *http.Request, sw *sseWriter, reason, detail string) {
+	b := append(sw.buf(), `{"reason":`...)
+	b = appendJSONString(b, reason)
+	b = append(b, `,"detail":`...)
+	b = appendJSONString(b, detail)
+	b = append(b, '}')
+	if err := sw.event("end", "", b); err == nil {
+		_ = sw.flush()
+	}
+}
+
+// cut aborts a feed whose response has begun: the client sees the stream
+// break and reconnects.
+func (f *Feed) cut(r *http.Request, err error) {
+	if r.Context().Err() == nil {
+		logError(f.log, r, http.StatusOK, err)
+	}
+	panic(http.ErrAbortHandler)
+}
+
+// appendChange appends a change's data: the row, its id for a delete,
+// nothing for a truncate.
+func appendChange(b []byte, c store.Change) []byte {
+	switch c.Kind {
+	case store.KindDelete:
+		b = append(b, `{"id":`...)
+		b = strconv.AppendInt(b, int64(c.Row.ID), 10)
+		return append(b, '}')
+	case store.KindTruncate:
+		return append(b, "{}"...)
+	}
+	return appendTest(b, c.Row)
+}
+
+// sseWriter writes Server-Sent Events through one buffer, each write to
+// the connection under a fresh write deadline.
+type sseWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	bw      *bufio.Writer
+	timeout time.Duration
+	started bool
+	scratch []byte
+}
+
+func (s *sseWriter) start() {
+	s.started = true
+	h := s.w.Header()
+	h.Set("Content-Type", mediaEventStream+"; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	// Proxies such as nginx buffer responses unless told not to.
+	h.Set("X-Accel-Buffering", "no")
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.timeout))
+	s.w.WriteHeader(http.StatusOK)
+	// EventSource waits this long before it reconnects.
+	_, _ = s.bw.WriteString("retry: 1000\n\n")
+}
+
+// buf returns an empty scratch buffer for one event's data.
+func (s *sseWriter) buf() []byte { return s.scratch[:0] }
+
+// event writes one event. data is one line of JSON (it holds no raw line
+// break: JSON escapes them).
+func (s *sseWriter) event(kind, id string, data []byte) error {
+	s.scratch = data[:0]
+	if id != "" {
+		_, _ = s.bw.WriteString("id: " + id + "\n")
+	}
+	_, _ = s.bw.WriteString("event: " + kind + "\ndata: ")
+	_, _ = s.bw.Write(data)
+	_, _ = s.bw.WriteString("\n\n")
+	if s.bw.Buffered() >= streamFlushBytes/2 {
+		return s.flush()
+	}
+	return nil
+}
+
+// comment writes a heartbeat, an SSE comment that clients ignore.
+func (s *sseWriter) comment() error {
+	_, _ = s.bw.WriteString(": heartbeat\n\n")
+	return s.flush()
+}
+
+func (s *sseWriter) flush() error {
+	if s.bw.Buffered() == 0 {
+		return nil
+	}
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.timeout))
+	if err := s.bw.Flush(); err != nil {
+		return err
+	}
+	return s.rc.Flush()
+}

@@ -1,0 +1,517 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgerrcode"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// The consumer: it reads the database's logical replication stream
+// (pgoutput, through github.com/jackc/pglogrepl, the pgx author's library
+// for the replication protocol, rather than hand-decoding its messages) of
+// publication and slot Slot, and records each transaction's changes to
+// table test in test_changes. The slot is the lock between instances: the
+// database lets one connection stream a slot at a time, and the others
+// get ErrSlotBusy and try again later, so when the consumer's instance
+// stops another takes over.
+//
+// Exactly once: a transaction's changes and its commit LSN (last_lsn) are
+// written in one database transaction, under the lock of the state row,
+// and only then is the slot told (the standby status update) that the
+// transaction may be forgotten. A consumer that restarts is sent again
+// what the slot was not told of, and skips each transaction whose commit
+// LSN is not above last_lsn.
+
+// ErrSlotBusy means another connection streams the feed's replication
+// slot: another instance is the consumer.
+var ErrSlotBusy = errors.New("replication slot in use by another consumer")
+
+// ErrSlotLost means the database invalidated the slot (it held more WAL
+// than max_slot_wal_keep_size allows): the changes it kept are gone. The
+// consumer drops it and makes a new one, recording a gap.
+var ErrSlotLost = errors.New("replication slot lost")
+
+// Consumer settings.
+const (
+	// statusInterval is how often the consumer tells the database how far
+	// it has recorded, besides after every transaction; well within
+	// wal_sender_timeout (60 s by default), after which the database
+	// would drop a consumer that says nothing.
+	statusInterval = 10 * time.Second
+	// changeBatch is how many changes of one transaction are buffered
+	// before they are written: memory stays bounded for any transaction.
+	changeBatch = 500
+	// groupDelay and groupTransactions bound how long, and over how many
+	// transactions, the recordings of consecutive transactions share one
+	// database transaction: under load (group commit sends a transaction
+	// every few milliseconds) five round trips per transaction would let
+	// the recording fall behind the writes (BenchmarkFeedKeepsUp).
+	groupDelay        = 20 * time.Millisecond
+	groupTransactions = 1000
+)
+
+// ConsumeChanges streams slot (and the publication of the same name) over
+// a replication connection made from cfg, recording changes, until ctx is
+// done or the stream fails; it returns ErrSlotBusy at once when another
+// consumer holds the slot. It creates the publication and the slot when
+// they are missing, and calls started (if not nil) once it streams. Call
+// it again after an error.
+func (s *Store) ConsumeChanges(ctx context.Context, cfg *pgconn.Config, slot string, started func()) error {
+	if !s.ready.Load() {
+		return errNotMigrated
+	}
+	if err := s.ensurePublication(ctx, slot); err != nil {
+		return err
+	}
+	cfg = cfg.Copy()
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("replication connection: %w", s.classify(err))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := s.ensureSlot(ctx, conn, slot); err != nil {
+		return err
+	}
+	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + slot + "'"},
+	})
+	if sqlstate(err) == pgerrcode.ObjectInUse {
+		return ErrSlotBusy
+	}
+	if sqlstate(err) == pgerrcode.ObjectNotInPrerequisiteState {
+		// "can no longer get changes from replication slot": lost
+		// between ensureSlot's look and the start.
+		return fmt.Errorf("%w: %w", ErrSlotLost, err)
+	}
+	if err != nil {
+		return fmt.Errorf("start replication: %w", s.classify(err))
+	}
+	if started != nil {
+		started()
+	}
+	c := &consumer{s: s, conn: conn, relations: map[uint32]*pglogrepl.RelationMessage{}}
+	return c.run(ctx)
+}
+
+// OnChanges has fn called each time this Store's consumer has committed
+// the changes of a transaction, so that feeds served by the same instance
+// need not wait for their next poll. fn must be quick.
+func OnChanges(fn func()) Option {
+	return func(s *Store) { s.onChanges = fn }
+}
+
+// ensurePublication creates the publication of table test named name, if
+// there is none. Two instances creating it at once: one gets
+// duplicate_object, which is fine.
+func (s *Store) ensurePublication(ctx context.Context, name string) error {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_publication WHERE pubname = $1`, name).Scan(&n); err != nil {
+		return fmt.Errorf("look up publication: %w", s.classify(err))
+	}
+	if n > 0 {
+		return nil
+	}
+	_, err := s.pool.Exec(ctx, `CREATE PUBLICATION `+pgx.Identifier{name}.Sanitize()+` FOR TABLE test`)
+	if err != nil && sqlstate(err) != pgerrcode.DuplicateObject {
+		return fmt.Errorf("create publication: %w", s.classify(err))
+	}
+	return nil
+}
+
+// ensureSlot makes sure slot exists and can stream: it creates a missing
+// one, and drops and recreates a lost one. A slot made anew starts at
+// the present: what was committed between the old slot's end and now is
+// not in the feed, so when there was an old one (slot_ready) a gap is
+// recorded: last_seq steps over one number and the floor rises to it, so
+// every older cursor gets ErrCursorGone instead of a silent skip. last_lsn
+// is reset, since a new slot's LSNs need not be above the old one's (on
+// YugabyteDB they are the slot's own).
+func (s *Store) ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
+	st, err := s.Slot(ctx, slot)
+	if err != nil {
+		return err
+	}
+	if st.Exists && st.WALState != "lost" {
+		// A consumer that made the slot and stopped before recording so
+		// leaves slot_ready false; the slot has recorded since it was made.
+		if _, err := s.pool.Exec(ctx, `UPDATE test_changes_state SET slot_ready = true WHERE id = 1 AND NOT slot_ready`); err != nil {
+			return fmt.Errorf("record replication slot: %w", s.classify(err))
+		}
+		return nil
+	}
+	if st.Exists {
+		if err := pglogrepl.DropReplicationSlot(ctx, conn, slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
+			if sqlstate(err) == pgerrcode.ObjectInUse {
+				return ErrSlotBusy
+			}
+			return fmt.Errorf("drop lost replication slot: %w", s.classify(err))
+		}
+	}
+	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+		Mode:           pglogrepl.LogicalReplication,
+		SnapshotAction: "NOEXPORT_SNAPSHOT",
+	})
+	if sqlstate(err) == pgerrcode.DuplicateObject {
+		return ErrSlotBusy // another instance made it just now, and streams it
+	}
+	if err != nil {
+		return fmt.Errorf("create replication slot: %w", s.classify(err))
+	}
+	const q = `
+UPDATE test_changes_state
+SET last_seq = CASE WHEN slot_ready THEN last_seq + 1 ELSE last_seq END,
+    floor = CASE WHEN slot_ready THEN last_seq + 1 ELSE floor END,
+    last_lsn = 0,
+    slot_ready = true
+WHERE id = 1`
+	if _, err := s.pool.Exec(ctx, q); err != nil {
+		// The slot exists and the state does not say so: drop it, so that
+		// the next attempt does both again.
+		_ = pglogrepl.DropReplicationSlot(context.WithoutCancel(ctx), conn, slot, pglogrepl.DropReplicationSlotOptions{})
+		return fmt.Errorf("record new replication slot: %w", s.classify(err))
+	}
+	return nil
+}
+
+// DropSlot drops replication slot name and its publication if they exist
+// (FEED=off: a slot that nobody reads would keep WAL for ever). A later
+// consumer then records a gap. It fails with ErrSlotBusy if a consumer
+// streams it.
+func (s *Store) DropSlot(ctx context.Context, name string) error {
+	_, err := s.pool.Exec(ctx, `
+SELECT pg_drop_replication_slot(slot_name)
+FROM pg_replication_slots
+WHERE slot_name = $1`, name)
+	if sqlstate(err) == pgerrcode.ObjectInUse {
+		return ErrSlotBusy
+	}
+	if err != nil {
+		return fmt.Errorf("drop replication slot: %w", s.classify(err))
+	}
+	if _, err := s.pool.Exec(ctx, `DROP PUBLICATION IF EXISTS `+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("drop publication: %w", s.classify(err))
+	}
+	return nil
+}
+
+// consumer is one replication session.
+type consumer struct {
+	s         *Store
+	conn      *pgconn.PgConn
+	relations map[uint32]*pglogrepl.RelationMessage
+
+	flushed pglogrepl.LSN // what the slot has been told is recorded
+	inTx    bool          // between a BEGIN and its COMMIT
+	begin   *pglogrepl.BeginMessage
+	tx      pgx.Tx // the recording transaction, from the first change on
+	skip    bool   // this transaction was recorded before
+	seq     int64  // the last seq written in tx
+	batch   []Change
+
+	// Transactions whose COMMIT has come and whose changes are written in
+	// tx, which is not yet committed (see groupDelay).
+	pending      int           // how many
+	pendingSince time.Time     // when the first of them committed
+	pendingLSN   pglogrepl.LSN // the last one's commit LSN
+	pendingEnd   pglogrepl.LSN // the last one's end LSN
+}
+
+func (c *consumer) run(ctx context.Context) error {
+	defer c.rollback(ctx)
+	nextStatus := time.Now().Add(statusInterval)
+	for {
+		if time.Now().After(nextStatus) {
+			if err := c.status(ctx); err != nil {
+				return err
+			}
+			nextStatus = time.Now().Add(statusInterval)
+		}
+		deadline := nextStatus
+		if c.pending > 0 && !c.inTx {
+			deadline = c.pendingSince.Add(groupDelay)
+		}
+		recvCtx, cancel := context.WithDeadline(ctx, deadline)
+		raw, err := c.conn.ReceiveMessage(recvCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if pgconn.Timeout(err) {
+			if c.pending > 0 && !c.inTx && !time.Now().Before(c.pendingSince.Add(groupDelay)) {
+				if err := c.flush(ctx); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("receive replication message: %w", c.s.classify(err))
+		}
+		switch msg := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", c.s.classify(pgconn.ErrorResponseToPgError(msg)))
+		case *pgproto3.CopyData:
+			if err := c.copyData(ctx, msg.Data); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (c *consumer) copyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return err
+		}
+		// Between transactions everything sent so far is recorded (or
+		// was of no interest): the slot may forget up to the server's
+		// position, so WAL of other tables' work is not kept for us.
+		if !c.inTx && c.pending == 0 && k.ServerWALEnd > c.flushed {
+			c.flushed = k.ServerWALEnd
+		}
+		if k.ReplyRequested {
+			return c.status(ctx)
+		}
+		return nil
+	case pglogrepl.XLogDataByteID:
+		x, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return err
+		}
+		m, err := pglogrepl.Parse(x.WALData)
+		if err != nil {
+			return fmt.Errorf("decode pgoutput message: %w", err)
+		}
+		return c.message(ctx, m)
+	}
+	return nil
+}
+
+func (c *consumer) message(ctx context.Context, m pglogrepl.Message) error {
+	switch m := m.(type) {
+	case *pglogrepl.RelationMessage:
+		c.relations[m.RelationID] = m
+	case *pglogrepl.BeginMessage:
+		c.inTx, c.begin, c.skip = true, m, false
+	case *pglogrepl.InsertMessage:
+		row, err := c.row(m.RelationID, m.Tuple)
+		if err != nil {
+			return err
+		}
+		return c.add(ctx, KindCreate, row)
+	case *pglogrepl.UpdateMessage:
+		row, err := c.row(m.RelationID, m.NewTuple)
+		if err != nil {
+			return err
+		}
+		if m.OldTuple != nil {
+			// The key changed (plain SQL can change an id): to a reader
+			// that is the old row gone and a new one.
+			old, err := c.row(m.RelationID, m.OldTuple)
+			if err != nil {
+				return err
+			}
+			if old.ID != row.ID {
+				if err := c.add(ctx, KindDelete, Test{ID: old.ID}); err != nil {
+					return err
+				}
+				return c.add(ctx, KindCreate, row)
+			}
+		}
+		return c.add(ctx, KindRename, row)
+	case *pglogrepl.DeleteMessage:
+		old, err := c.row(m.RelationID, m.OldTuple)
+		if err != nil {
+			return err
+		}
+		return c.add(ctx, KindDelete, Test{ID: old.ID})
+	case *pglogrepl.TruncateMessage:
+		return c.add(ctx, KindTruncate, Test{})
+	case *pglogrepl.CommitMessage:
+		c.inTx = false
+		if c.tx == nil {
+			// No change to test, or recorded before: nothing to wait for.
+			if c.pending == 0 && m.TransactionEndLSN > c.flushed {
+				c.flushed = m.TransactionEndLSN
+			}
+			return nil
+		}
+		if err := c.write(ctx); err != nil {
+			return err
+		}
+		if c.pending == 0 {
+			c.pendingSince = time.Now()
+		}
+		c.pending++
+		c.pendingLSN, c.pendingEnd = m.CommitLSN, m.TransactionEndLSN
+		if c.pending >= groupTransactions || !time.Now().Before(c.pendingSince.Add(groupDelay)) {
+			return c.flush(ctx)
+		}
+	}
+	return nil
+}
+
+// row reads a tuple of table test (the publication has no other table).
+func (c *consumer) row(rel uint32, tuple *pglogrepl.TupleData) (Test, error) {
+	r, ok := c.relations[rel]
+	if !ok {
+		return Test{}, fmt.Errorf("pgoutput: change to relation %d before its description", rel)
+	}
+	var t Test
+	if tuple == nil {
+		return t, fmt.Errorf("pgoutput: change to %s.%s without a tuple", r.Namespace, r.RelationName)
+	}
+	for i, col := range tuple.Columns {
+		if i >= len(r.Columns) || col.DataType != pglogrepl.TupleDataTypeText {
+			continue // null, or unchanged TOAST: a name of 255 characters never is
+		}
+		switch r.Columns[i].Name {
+		case "id":
+			id, err := strconv.ParseInt(string(col.Data), 10, 32)
+			if err != nil {
+				return t, fmt.Errorf("pgoutput: id %q: %w", col.Data, err)
+			}
+			t.ID = int32(id)
+		case "name":
+			t.Name = string(col.Data)
+		}
+	}
+	return t, nil
+}
+
+// add buffers one change of the current transaction, writing the buffer
+// when it is full.
+func (c *consumer) add(ctx context.Context, kind string, row Test) error {
+	if c.skip {
+		return nil
+	}
+	if c.tx == nil {
+		if err := c.open(ctx); err != nil || c.skip {
+			return err
+		}
+	}
+	c.batch = append(c.batch, Change{Kind: kind, Row: row})
+	if len(c.batch) >= changeBatch {
+		return c.write(ctx)
+	}
+	return nil
+}
+
+// open starts the recording transaction: it locks the state row (a second
+// consumer, say one whose connection the database has not yet noticed is
+// gone, waits here) and decides whether the transaction is new.
+func (c *consumer) open(ctx context.Context) error {
+	tx, err := c.s.pool.BeginTx(ctx, pgx.TxOptions{})
+	if err != nil {
+		return fmt.Errorf("begin recording: %w", c.s.classify(err))
+	}
+	var lastLSN int64
+	const q = `
+SELECT last_seq, last_lsn
+FROM test_changes_state
+WHERE id = 1
+FOR UPDATE`
+	if err := tx.QueryRow(ctx, q).Scan(&c.seq, &lastLSN); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return fmt.Errorf("lock feed state: %w", c.s.classify(err))
+	}
+	if uint64(c.begin.FinalLSN) <= uint64(lastLSN) {
+		// Recorded before this session: sent again because the slot had
+		// not been told.
+		c.skip = true
+		return tx.Rollback(ctx)
+	}
+	c.tx = tx
+	return nil
+}
+
+// write inserts the buffered changes into the recording transaction.
+func (c *consumer) write(ctx context.Context) error {
+	if len(c.batch) == 0 {
+		return nil
+	}
+	kinds := make([]string, len(c.batch))
+	ids := make([]*int32, len(c.batch))
+	names := make([]*string, len(c.batch))
+	for i, ch := range c.batch {
+		kinds[i] = ch.Kind
+		switch ch.Kind {
+		case KindCreate, KindRename:
+			ids[i], names[i] = &c.batch[i].Row.ID, &c.batch[i].Row.Name
+		case KindDelete:
+			ids[i] = &c.batch[i].Row.ID
+		}
+	}
+	// One statement per batch, the arrays as three parameters: no limit
+	// on parameters, one round trip.
+	const q = `
+INSERT INTO test_changes (seq, commit_lsn, xid, kind, id, name, committed_at)
+SELECT $1 + n, $2, $3, kind, id, name, $4
+FROM unnest($5::text[], $6::integer[], $7::text[]) WITH ORDINALITY AS c(kind, id, name, n)`
+	_, err := c.tx.Exec(ctx, q, c.seq, int64(c.begin.FinalLSN), int64(c.begin.Xid), c.begin.CommitTime, kinds, ids, names)
+	if err != nil {
+		return fmt.Errorf("record changes: %w", c.s.classify(err))
+	}
+	c.seq += int64(len(c.batch))
+	c.batch = c.batch[:0]
+	return nil
+}
+
+// flush commits the recording of the pending transactions: their
+// changes and the last one's commit LSN, together; then tells the slot.
+func (c *consumer) flush(ctx context.Context) error {
+	const q = `
+UPDATE test_changes_state
+SET last_seq = $1,
+    last_lsn = $2
+WHERE id = 1`
+	if _, err := c.tx.Exec(ctx, q, c.seq, int64(c.pendingLSN)); err != nil {
+		return fmt.Errorf("record commit: %w", c.s.classify(err))
+	}
+	err := c.tx.Commit(ctx)
+	c.tx, c.pending = nil, 0
+	if err != nil {
+		// Whether it committed is unknown: the stream ends here, and the
+		// next session finds out from last_lsn.
+		return fmt.Errorf("commit recording: %w", c.s.classify(err))
+	}
+	if c.pendingEnd > c.flushed {
+		c.flushed = c.pendingEnd
+	}
+	if c.s.onChanges != nil {
+		c.s.onChanges()
+	}
+	return c.status(ctx)
+}
+
+func (c *consumer) rollback(ctx context.Context) {
+	if c.tx != nil {
+		_ = c.tx.Rollback(context.WithoutCancel(ctx))
+		c.tx = nil
+	}
+}
+
+// status tells the database how far the changes are recorded: the slot
+// keeps only WAL after it.
+func (c *consumer) status(ctx context.Context) error {
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, c.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: c.flushed})
+	if err != nil {
+		return fmt.Errorf("standby status update: %w", c.s.classify(err))
+	}
+	return nil
+}
