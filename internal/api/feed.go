@@ -283,6 +283,11 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 		stateCtx, cancel := context.WithTimeout(ctx, lim.RequestTimeout)
 		st, err := f.st.FeedState(stateCtx)
 		cancel()
+		if err == nil && !st.SlotReady {
+			// Nothing records changes yet: cursor 0 would pass Check, and
+			// the changes committed before the slot exists would be missed.
+			err = store.ErrFeedNotReady
+		}
 		if err == nil {
 			err = st.Check(cursor)
 		}

@@ -504,6 +504,21 @@ func TestFeedResumeDatabaseSlow(t *testing.T) {
 	}
 }
 
+// TestFeedResumeNotReady: before any consumer has made the slot, a feed
+// resumed from cursor 0 is a 503, as one without a cursor is: nothing
+// records the changes yet, so it would miss those committed until then.
+func TestFeedResumeNotReady(t *testing.T) {
+	url, slot := dbtest.NewLogicalSchema(t)
+	s := mustFeedInstance(t, url, slot, testFeed, nil, false)
+	for _, query := range []string{"", "?cursor=0"} {
+		res := connect(t, s.srv.URL, query).res
+		if res.StatusCode != http.StatusServiceUnavailable || res.Header.Get("Retry-After") == "" {
+			t.Fatalf("GET /tests%s before the slot exists: %d (Retry-After %q), want 503 with Retry-After",
+				query, res.StatusCode, res.Header.Get("Retry-After"))
+		}
+	}
+}
+
 // TestFeedLimits: past MaxFeeds a feed is a 503 with Retry-After; an idle
 // feed gets heartbeats; a handler without the feed says it is off.
 func TestFeedLimits(t *testing.T) {
