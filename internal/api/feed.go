@@ -278,7 +278,16 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 
 	var sn store.Snapshot
 	if resume {
-		st, err := f.st.FeedState(ctx)
+		// The request timeout bounds the look, as it bounds the rows'
+		// first one below: a database that is slow is a 503, not a wait.
+		stateCtx, cancel := context.WithTimeout(ctx, lim.RequestTimeout)
+		st, err := f.st.FeedState(stateCtx)
+		cancel()
+		if err == nil && !st.SlotReady {
+			// Nothing records changes yet: cursor 0 would pass Check, and
+			// the changes committed before the slot exists would be missed.
+			err = store.ErrFeedNotReady
+		}
 		if err == nil {
 			err = st.Check(cursor)
 		}

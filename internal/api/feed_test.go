@@ -472,6 +472,53 @@ func TestFeedResume(t *testing.T) {
 	})
 }
 
+// TestFeedResumeDatabaseSlow: a feed resumed from a cursor while the
+// database does not answer (here the feed's state table is locked) is a
+// 503 with Retry-After within the request timeout, not a wait without end.
+func TestFeedResumeDatabaseSlow(t *testing.T) {
+	s := mustFeedService(t, testFeed)
+	tx, err := s.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE test_changes_state IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	req := newRequest(http.MethodGet, "/tests", "", "Accept", "text/event-stream", "Last-Event-ID", "0").WithContext(ctx)
+	rec := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() { defer close(done); s.srv.Config.Handler.ServeHTTP(rec, req) }()
+	select {
+	case <-done:
+		cancel()
+		if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+			t.Fatalf("resumed while the database does not answer: %d (Retry-After %q) %s, want 503 with Retry-After",
+				rec.Code, rec.Header().Get("Retry-After"), rec.Body)
+		}
+	case <-time.After(testLimits.RequestTimeout + 5*time.Second):
+		cancel() // the client leaves, so the handler returns
+		<-done
+		t.Fatalf("no answer within the request timeout (%s) and 5 s", testLimits.RequestTimeout)
+	}
+}
+
+// TestFeedResumeNotReady: before any consumer has made the slot, a feed
+// resumed from cursor 0 is a 503, as one without a cursor is: nothing
+// records the changes yet, so it would miss those committed until then.
+func TestFeedResumeNotReady(t *testing.T) {
+	url, slot := dbtest.NewLogicalSchema(t)
+	s := mustFeedInstance(t, url, slot, testFeed, nil, false)
+	for _, query := range []string{"", "?cursor=0"} {
+		res := connect(t, s.srv.URL, query).res
+		if res.StatusCode != http.StatusServiceUnavailable || res.Header.Get("Retry-After") == "" {
+			t.Fatalf("GET /tests%s before the slot exists: %d (Retry-After %q), want 503 with Retry-After",
+				query, res.StatusCode, res.Header.Get("Retry-After"))
+		}
+	}
+}
+
 // TestFeedLimits: past MaxFeeds a feed is a 503 with Retry-After; an idle
 // feed gets heartbeats; a handler without the feed says it is off.
 func TestFeedLimits(t *testing.T) {
