@@ -195,7 +195,7 @@ func (f *Feed) read(ctx context.Context, cursor int64) ([]store.Change, int64, <
 		i := sort.Search(len(f.ring), func(i int) bool { return f.ring[i].Seq > cursor })
 		cs := f.ring[i:min(len(f.ring), i+feedPage)]
 		f.mu.Unlock()
-		return cs, head, wake, nil
+		return cs, max(head, cursor), wake, nil // a tail behind this feed's own cursor is no lag
 	}
 	f.mu.Unlock()
 	if !fresh {

@@ -173,7 +173,7 @@ func (p *pageReader) fly(k pageKey, f *pageFlight, pr *pageRead) {
 }
 
 // query runs pr, hands its answer to every read waiting for it, and
-// returns how long the query took.
+// returns how long the query took, or 0 if it failed.
 func (p *pageReader) query(k pageKey, pr *pageRead) time.Duration {
 	if n := pr.waiting.Load(); n > 0 && p.onRead != nil {
 		p.onRead(int(n))
@@ -185,6 +185,9 @@ func (p *pageReader) query(k pageKey, pr *pageRead) time.Duration {
 	took := time.Since(start)
 	pr.cancel()
 	close(pr.done)
+	if pr.err != nil {
+		return 0
+	}
 	return took
 }
 
@@ -195,7 +198,9 @@ func (p *pageReader) advance(k pageKey, f *pageFlight, took time.Duration) *page
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f.running--
-	p.allowed = flightsFor(p.floor.observe(took, time.Now()), p.maxFlights)
+	if took > 0 { // a failed query (cancelled, say) says nothing of the round trip
+		p.allowed = flightsFor(p.floor.observe(took, time.Now()), p.maxFlights)
+	}
 	pr := f.next
 	if pr != nil && pr.waiting.Load() == 0 {
 		pr.cancel() // every read queued for it has left
