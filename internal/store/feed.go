@@ -247,25 +247,10 @@ ORDER BY id`
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		var t Test
-		dest := t.fields()
-		delivered := false
-		for rows.Next() {
-			if err := rows.Scan(dest...); err != nil {
-				return err
-			}
-			delivered = true
-			if fnErr = fn(t); fnErr != nil {
-				return final{fnErr}
-			}
+		if fnErr, err = deliver(rows, fn); fnErr != nil {
+			return final{fnErr}
 		}
-		if err := rows.Err(); err != nil && delivered {
-			return final{err} // rows were delivered: a retry would repeat them
-		} else if err != nil {
-			return err
-		}
-		return nil
+		return err
 	})
 	if fnErr != nil && errors.Is(err, fnErr) || errors.Is(err, ErrFeedNotReady) {
 		return sn, errors.Unwrap(err)

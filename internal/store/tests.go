@@ -370,24 +370,8 @@ LIMIT $2`
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		var t Test
-		dest := t.fields() // once, not a slice per row
-		delivered := false
-		for rows.Next() {
-			if err := rows.Scan(dest...); err != nil {
-				return err
-			}
-			delivered = true
-			if fnErr = fn(t); fnErr != nil {
-				return nil
-			}
-		}
-		if err := rows.Err(); err != nil && delivered {
-			// Running the query again would hand fn the same rows twice.
-			return final{err}
-		}
-		return rows.Err()
+		fnErr, err = deliver(rows, fn)
+		return err
 	})
 	if fnErr != nil {
 		return fnErr
