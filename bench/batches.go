@@ -10,10 +10,12 @@ import (
 )
 
 // batchStats is what the server's /metrics said of its group-commit
-// batches so far: how many, and the sums of their sizes and of the flights
-// running as each was sent.
+// batches so far: how many, the sums of their sizes and of the flights
+// running as each was sent, and how many answered and the sum of their
+// statements' times.
 type batchStats struct {
 	count, sizes, flights float64
+	answered, seconds     float64
 }
 
 // batches reads the server's batch counters, so that a create round can
@@ -33,9 +35,11 @@ func (b *bench) batches(ctx context.Context) (batchStats, error) {
 	}
 	var s batchStats
 	fields := map[string]*float64{
-		"testsapi_create_batch_size_count":  &s.count,
-		"testsapi_create_batch_size_sum":    &s.sizes,
-		"testsapi_create_batch_flights_sum": &s.flights,
+		"testsapi_create_batch_size_count":    &s.count,
+		"testsapi_create_batch_size_sum":      &s.sizes,
+		"testsapi_create_batch_flights_sum":   &s.flights,
+		"testsapi_create_batch_seconds_count": &s.answered,
+		"testsapi_create_batch_seconds_sum":   &s.seconds,
 	}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
@@ -55,5 +59,9 @@ func (s batchStats) since(from batchStats) string {
 	if n <= 0 {
 		return "no batches"
 	}
-	return fmt.Sprintf("%.0f batches, mean %.1f creates, mean %.2f flights", n, (s.sizes-from.sizes)/n, (s.flights-from.flights)/n)
+	desc := fmt.Sprintf("%.0f batches, mean %.1f creates, mean %.2f flights", n, (s.sizes-from.sizes)/n, (s.flights-from.flights)/n)
+	if a := s.answered - from.answered; a > 0 {
+		desc += fmt.Sprintf(", mean statement %.2f ms", (s.seconds-from.seconds)/a*1000)
+	}
+	return desc
 }

@@ -90,8 +90,8 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	// request waiting for a connection.
 	var feed *api.Feed
 	st := store.New(pool.Pool, append([]store.Option{
-		store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.Batch),
-		store.OnPageRead(m.PageReaders), store.ObserveErrors(m.DBError),
+		store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.Batch), store.OnBatchAnswered(m.BatchAnswered),
+		store.OnPageRead(m.PageReaders), store.OnPageGroup(m.PageGroup), store.ObserveErrors(m.DBError),
 		store.OnChanges(func() { feed.Notify() }),
 	}, tr.storeOptions()...)...)
 	feed = newFeed(log, st, cfg)

@@ -713,8 +713,10 @@ type ClientInterface interface {
 	// database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
 	// (`testsapi_create_batch_size`) and how many were in flight at once
-	// (`testsapi_create_batch_flights`), the pages one page query answered
-	// (`testsapi_page_read_shared`), and the Go runtime and process
+	// (`testsapi_create_batch_flights`) and how long their statements took
+	// (`testsapi_create_batch_seconds`), the pages one page query answered
+	// (`testsapi_page_read_shared`), the page queries sent in one statement
+	// (`testsapi_page_group_size`), and the Go runtime and process
 	// metrics.
 	//
 	// When the service is started with `METRICS_ADDR`, the metrics are
@@ -1142,8 +1144,10 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 // class (`testsapi_db_errors_total`), the sizes of group-commit batches
 // (`testsapi_create_batch_size`) and how many were in flight at once
-// (`testsapi_create_batch_flights`), the pages one page query answered
-// (`testsapi_page_read_shared`), and the Go runtime and process
+// (`testsapi_create_batch_flights`) and how long their statements took
+// (`testsapi_create_batch_seconds`), the pages one page query answered
+// (`testsapi_page_read_shared`), the page queries sent in one statement
+// (`testsapi_page_group_size`), and the Go runtime and process
 // metrics.
 //
 // When the service is started with `METRICS_ADDR`, the metrics are
@@ -2355,8 +2359,10 @@ type ClientWithResponsesInterface interface {
 	// database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
 	// (`testsapi_create_batch_size`) and how many were in flight at once
-	// (`testsapi_create_batch_flights`), the pages one page query answered
-	// (`testsapi_page_read_shared`), and the Go runtime and process
+	// (`testsapi_create_batch_flights`) and how long their statements took
+	// (`testsapi_create_batch_seconds`), the pages one page query answered
+	// (`testsapi_page_read_shared`), the page queries sent in one statement
+	// (`testsapi_page_group_size`), and the Go runtime and process
 	// metrics.
 	//
 	// When the service is started with `METRICS_ADDR`, the metrics are
@@ -4144,8 +4150,10 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 // database pool (`testsapi_db_pool_*`), database errors by SQLSTATE
 // class (`testsapi_db_errors_total`), the sizes of group-commit batches
 // (`testsapi_create_batch_size`) and how many were in flight at once
-// (`testsapi_create_batch_flights`), the pages one page query answered
-// (`testsapi_page_read_shared`), and the Go runtime and process
+// (`testsapi_create_batch_flights`) and how long their statements took
+// (`testsapi_create_batch_seconds`), the pages one page query answered
+// (`testsapi_page_read_shared`), the page queries sent in one statement
+// (`testsapi_page_group_size`), and the Go runtime and process
 // metrics.
 //
 // When the service is started with `METRICS_ADDR`, the metrics are

@@ -104,6 +104,29 @@ func TestBatch(t *testing.T) {
 	}
 }
 
+func TestBatchAnsweredAndPageGroup(t *testing.T) {
+	m := metrics.New()
+	m.BatchAnswered(200 * time.Microsecond)
+	m.BatchAnswered(3 * time.Millisecond)
+	m.PageGroup(1)
+	m.PageGroup(16)
+	m.PageGroup(5)
+	for _, want := range []string{
+		`testsapi_create_batch_seconds_bucket{le="0.00025"} 1`,
+		`testsapi_create_batch_seconds_bucket{le="0.002"} 1`,
+		`testsapi_create_batch_seconds_bucket{le="0.004"} 2`,
+		`testsapi_create_batch_seconds_count 2`,
+		`testsapi_page_group_size_bucket{le="1"} 1`,
+		`testsapi_page_group_size_bucket{le="8"} 2`,
+		`testsapi_page_group_size_bucket{le="16"} 3`,
+		`testsapi_page_group_size_sum 22`,
+	} {
+		if !gathered(t, m, want) {
+			t.Errorf("no %s", want)
+		}
+	}
+}
+
 // gathered reports whether the text exposition of m has line.
 func gathered(t *testing.T, m *metrics.Metrics, line string) bool {
 	t.Helper()

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -43,6 +42,14 @@ type Option func(*Store)
 // on the batch's goroutine: it must be quick, and safe for concurrent use.
 func OnBatch(fn func(size, flights int)) Option {
 	return func(s *Store) { s.creates.onBatch = fn }
+}
+
+// OnBatchAnswered has fn called with how long each group-commit batch's
+// statement took, from being sent to its answer or its error (the round
+// trip, the insert and the commit), once it has answered. Like OnBatch's,
+// fn runs on the batch's goroutine.
+func OnBatchAnswered(fn func(took time.Duration)) Option {
+	return func(s *Store) { s.creates.onAnswer = fn }
 }
 
 // QueueTimeout bounds how long a create waits in the queue for its batch to
@@ -84,6 +91,7 @@ type batcher struct {
 	insert       func(ctx context.Context, names []string) ([]Test, error)
 	classify     func(error) error // the Store's, which reports errors to ObserveErrors
 	onBatch      func(size, flights int)
+	onAnswer     func(took time.Duration)
 	tracer       trace.Tracer // see Tracing; nil means no batch spans
 	queueTimeout time.Duration
 	maxFlights   int // at most this many flights: half the pool, leaving the rest for reads
@@ -207,23 +215,13 @@ func (b *batcher) next() (batch []*createReq, flights int) {
 // send inserts one batch, answers each of its creates, and times it for
 // the flight control. flights is the number running, for its span.
 func (b *batcher) send(batch []*createReq, flights int) {
-	// The statement runs for the whole batch, so one create giving up
-	// must not cancel it for the others; once all of them have given up
-	// nobody waits for the answer, and the statement is cancelled on the
-	// server as a lone create's would be.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var waiting atomic.Int64
-	waiting.Store(int64(len(batch)))
+	// The statement runs for the whole batch: it ends once every create
+	// of it has given up.
+	ctx, release := sharedContext(context.Background(), len(batch), func(i int) context.Context { return batch[i].ctx })
+	defer release()
 	names := make([]string, len(batch))
 	for i, r := range batch {
 		names[i] = r.name
-		stop := context.AfterFunc(r.ctx, func() {
-			if waiting.Add(-1) == 0 {
-				cancel()
-			}
-		})
-		defer stop()
 	}
 	// Each name once, in one order for every batch: two batches running
 	// at once then take their unique-index locks in the same order and
@@ -237,6 +235,10 @@ func (b *batcher) send(batch []*createReq, flights int) {
 	}
 	start := time.Now()
 	created, err := b.insert(ctx, names)
+	took := time.Since(start)
+	if b.onAnswer != nil {
+		b.onAnswer(took)
+	}
 	if span != nil {
 		endBatchSpan(span, len(created), err)
 	}
@@ -254,8 +256,7 @@ func (b *batcher) send(batch []*createReq, flights int) {
 		return
 	}
 	b.mu.Lock()
-	now := time.Now()
-	if b.ctl.observe(now.Sub(start), now, b.maxFlights) && len(b.queue) > 0 && b.flights < b.ctl.allowed {
+	if b.ctl.observe(took, start.Add(took), b.maxFlights) && len(b.queue) > 0 && b.flights < b.ctl.allowed {
 		b.startFlight()
 	}
 	b.mu.Unlock()

@@ -74,7 +74,15 @@ func (s *Store) PageFlights() int {
 
 // ForceDialect makes the store take dialect d's path whatever server it
 // talks to, for tests on PostgreSQL of what it does on YugabyteDB.
-func (s *Store) ForceDialect(d Dialect) { s.dialect = d }
+func (s *Store) ForceDialect(d Dialect) {
+	s.dialect = d
+	if d != PostgreSQL {
+		s.groups.on.Store(false) // as Migrate leaves it on YugabyteDB
+	}
+}
+
+// MaxGroupPages is the most pages one page statement holds.
+const MaxGroupPages = maxGroupPages
 
 // Transient reports whether the store answers err with ErrUnavailable.
 func Transient(err error) bool { return errors.Is((&Store{}).classify(err), ErrUnavailable) }

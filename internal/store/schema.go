@@ -82,6 +82,8 @@ ON CONFLICT (key) DO NOTHING`
 	if _, err := conn.Exec(ctx, checkKeys); err != nil {
 		return d, version, fmt.Errorf("table idempotency_keys is not usable: %w", s.classify(err))
 	}
+	// Grouped page queries pay on PostgreSQL only (see pagegroup.go).
+	s.groups.on.Store(d == PostgreSQL && (s.dialect == "" || s.dialect == PostgreSQL))
 	s.ready.Store(true)
 	return d, version, nil
 }

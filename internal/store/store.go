@@ -41,6 +41,7 @@ type Store struct {
 	ready     atomic.Bool
 	creates   batcher               // group commit for Create
 	pages     pageReader            // coalesced reads for List
+	groups    pageGroup             // grouped page queries (pages' read)
 	onError   func(sqlstate string) // see ObserveErrors; nil means nobody listens
 	onChanges func()                // see OnChanges; nil means nobody listens
 	dialect   Dialect               // forces dialectOf's answer; "" (always, outside tests) reads it from the connection
@@ -54,7 +55,10 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 	s.creates.classify = s.classify
 	s.creates.maxFlights = maxCreateFlights(pool)
 	s.creates.ctl = newFlightControl(time.Now())
-	s.pages.read = s.list
+	s.groups.one = s.list
+	s.groups.many = s.listMany
+	s.groups.maxFlights = maxCreateFlights(pool)
+	s.pages.read = s.groups.read
 	s.pages.maxFlights = maxCreateFlights(pool)
 	s.pages.classify = s.classify
 	for _, o := range opts {

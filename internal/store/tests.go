@@ -1,10 +1,12 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -302,6 +304,68 @@ func (s *Store) list(ctx context.Context, after int64, limit int) ([]Test, error
 	}
 	return out, nil
 }
+
+// listMany runs the queries of several Lists as one statement, one LATERAL
+// index range scan per page (see pagegroup.go, which sends it only to
+// PostgreSQL), and returns each page's rows in keys' order. The rows of all
+// pages are read before any is returned, so a failed read can run again.
+func (s *Store) listMany(ctx context.Context, keys []pageKey) ([][]Test, error) {
+	if !s.ready.Load() {
+		return nil, errNotMigrated
+	}
+	const q = `
+SELECT p.ord, t.*
+FROM unnest($1::integer[], $2::integer[]) WITH ORDINALITY AS p(after, lim, ord)
+CROSS JOIN LATERAL (
+	SELECT ` + testColumns + `
+	FROM test
+	WHERE id > p.after
+	ORDER BY id
+	LIMIT p.lim
+) AS t`
+	afters := make([]int32, len(keys))
+	limits := make([]int32, len(keys))
+	for i, k := range keys {
+		// No integer id is greater than MaxInt32: that page is empty.
+		afters[i] = int32(min(max(k.after, 0), math.MaxInt32))
+		limits[i] = int32(min(k.limit, math.MaxInt32))
+	}
+	pages := make([][]Test, len(keys))
+	err := retry(ctx, func() error {
+		for i, k := range keys {
+			pages[i] = make([]Test, 0, min(k.limit, 1000))
+		}
+		rows, _ := s.pool.Query(ctx, q, afters, limits)
+		defer rows.Close()
+		var ord int64
+		var t Test
+		dest := append([]any{&ord}, t.fields()...)
+		for rows.Next() {
+			if err := rows.Scan(dest...); err != nil {
+				return err
+			}
+			if ord < 1 || ord > int64(len(pages)) {
+				return fmt.Errorf("page %d of %d in a grouped read", ord, len(pages))
+			}
+			pages[ord-1] = append(pages[ord-1], t)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %d pages: %w", len(keys), s.classify(err))
+	}
+	// The plan reads each page in id order and the pages in turn, but
+	// without an ORDER BY over the whole (a sort of every row) SQL does
+	// not promise it: a page out of order is put back in order.
+	for _, p := range pages {
+		if !slices.IsSortedFunc(p, byID) {
+			slices.SortFunc(p, byID)
+		}
+	}
+	return pages, nil
+}
+
+func byID(a, b Test) int { return cmp.Compare(a.ID, b.ID) }
 
 // Stream calls fn for each row with id greater than after, in id order, as
 // the rows arrive from the server, never holding more than one; limit 0
