@@ -15,6 +15,7 @@ import (
 // statements' times.
 type batchStats struct {
 	count, sizes, flights float64
+	ones                  float64 // batches of a single create
 	answered, seconds     float64
 }
 
@@ -59,7 +60,7 @@ func (s batchStats) since(from batchStats) string {
 	if n <= 0 {
 		return "no batches"
 	}
-	desc := fmt.Sprintf("%.0f batches, mean %.1f creates, mean %.2f flights", n, (s.sizes-from.sizes)/n, (s.flights-from.flights)/n)
+	desc := fmt.Sprintf("%.0f batches (%.0f%% of one create), mean %.1f creates, mean %.2f flights", n, 100*(s.ones-from.ones)/n, (s.sizes-from.sizes)/n, (s.flights-from.flights)/n)
 	if a := s.answered - from.answered; a > 0 {
 		desc += fmt.Sprintf(", mean statement %.2f ms", (s.seconds-from.seconds)/a*1000)
 	}

@@ -22,7 +22,7 @@ func mustStore(t *testing.T, url string, opts ...store.Option) (*store.Store, *p
 // mustPool opens a pool on url the way the service does (store.NewPool),
 // with configure, when not nil, applied to pgx's settings first; it is
 // closed in t.Cleanup.
-func mustPool(t *testing.T, url string, configure func(*pgxpool.Config), opts ...store.PoolOption) *pgxpool.Pool {
+func mustPool(t testing.TB, url string, configure func(*pgxpool.Config), opts ...store.PoolOption) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
