@@ -41,6 +41,7 @@ const feedReadTimeout = time.Second
 type feedService struct {
 	srv  *httptest.Server
 	st   *store.Store
+	rec  *store.Store // the consumer's: st, unless a test keeps it out of a fault
 	pool *pgxpool.Pool
 	feed *api.Feed
 	repl *pgconn.Config
@@ -64,9 +65,17 @@ func mustFeedService(t testing.TB, cfg api.FeedConfig) *feedService {
 // consumer streams.
 func mustFeedInstance(t testing.TB, url, slot string, cfg api.FeedConfig, listen net.Listener, consume bool, opts ...api.Option) *feedService {
 	t.Helper()
-	pool := mustPool(t, url, nil)
+	return mustFeedOnPool(t, mustPool(t, url, nil), url, slot, cfg, listen, consume, opts...)
+}
+
+// mustFeedOnPool is mustFeedInstance with the instance's store on pool,
+// which may reach url's database another way (through a fault proxy);
+// the consumer connects to url itself.
+func mustFeedOnPool(t testing.TB, pool *pgxpool.Pool, url, slot string, cfg api.FeedConfig, listen net.Listener, consume bool, opts ...api.Option) *feedService {
+	t.Helper()
 	s := &feedService{pool: pool, slot: slot}
 	s.st = store.New(pool, store.OnChanges(func() { s.feed.Notify() }))
+	s.rec = s.st
 	if _, _, err := s.st.Migrate(context.Background()); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
@@ -117,7 +126,7 @@ func (s *feedService) standBy() <-chan struct{} {
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {
-			_ = s.st.ConsumeChanges(ctx, s.repl, s.slot, func() { started <- struct{}{} })
+			_ = s.rec.ConsumeChanges(ctx, s.repl, s.slot, func() { started <- struct{}{} })
 			select {
 			case <-ctx.Done():
 			case <-time.After(100 * time.Millisecond):
@@ -240,6 +249,13 @@ func connectWith(t testing.TB, c *http.Client, base, query string, header ...str
 // none comes within 20 s.
 func (s *sse) next(t testing.TB) event {
 	t.Helper()
+	return s.nextWithin(t, 20*time.Second)
+}
+
+// nextWithin is next with a bound of d, which heartbeats do not put off.
+func (s *sse) nextWithin(t testing.TB, d time.Duration) event {
+	t.Helper()
+	deadline := time.After(d)
 	for {
 		select {
 		case ev, ok := <-s.events:
@@ -250,8 +266,8 @@ func (s *sse) next(t testing.TB) event {
 				continue
 			}
 			return ev
-		case <-time.After(20 * time.Second):
-			t.Fatal("no event within 20 s")
+		case <-deadline:
+			t.Fatalf("no event within %s", d)
 		}
 	}
 }
