@@ -321,31 +321,31 @@ func feedCursor(r *http.Request, q url.Values) (cursor int64, ok bool, err error
 	return c, true, nil
 }
 
+// errTooManyFeeds is the answer past MaxFeeds.
+var errTooManyFeeds = &requestError{status: http.StatusServiceUnavailable,
+	detail: "Too many change feeds are connected; retry shortly."}
+
 // serve handles GET /tests as an event stream: 200, 400, 410, 503. Without
 // a cursor it first sends the rows with an id above after (event row, no
 // id) and event ready, then every change (create, rename, delete,
-// truncate) as it commits; with one, the changes after it. startRows
-// takes an export slot for the rows, which hold a database connection
-// while they are sent; it reports false when none is free.
-func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q url.Values, after int64, lim Limits, startRows func() (bool, func())) {
+// truncate) as it commits; with one, the changes after it. The rows take
+// a slot of exports, since they hold a database connection while they
+// are sent. A HEAD answers the status and headers a GET would, and ends.
+func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q url.Values, after int64, lim Limits, exports chan struct{}) {
 	cursor, resume, err := feedCursor(r, q)
 	if err != nil {
 		respond(log, w, r, err)
 		return
 	}
 	if r.Method == http.MethodHead {
-		// The headers a feed would have, and no stream: a HEAD must end.
-		w.Header().Set("Content-Type", mediaEventStream+"; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		w.WriteHeader(http.StatusOK)
+		f.answerHead(log, w, r, cursor, resume, lim, exports)
 		return
 	}
 	select {
 	case f.slots <- struct{}{}:
 		defer func() { <-f.slots }()
 	default:
-		respond(log, w, r, &requestError{status: http.StatusServiceUnavailable,
-			detail: "Too many change feeds are connected; retry shortly."})
+		respond(log, w, r, errTooManyFeeds)
 		return
 	}
 	f.subscribe()
@@ -358,16 +358,7 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 
 	var sn store.Snapshot
 	if resume {
-		// The request timeout bounds the look, as it bounds the rows'
-		// first one below: a database that is slow is a 503, not a wait.
-		stateCtx, cancel := context.WithTimeout(ctx, lim.RequestTimeout)
-		st, err := f.st.FeedState(stateCtx)
-		cancel()
-		if err == nil && !st.SlotReady {
-			// Nothing records changes yet: cursor 0 would pass Check, and
-			// the changes committed before the slot exists would be missed.
-			err = store.ErrFeedNotReady
-		}
+		st, err := f.state(ctx, lim)
 		if err == nil {
 			err = st.Check(cursor)
 		}
@@ -377,12 +368,13 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 		}
 		sn = store.Snapshot{Head: st}
 	} else {
-		ok, done := startRows()
-		if !ok {
-			respond(log, w, r, &requestError{status: http.StatusServiceUnavailable,
-				detail: "Too many exports are running; retry shortly."})
+		select {
+		case exports <- struct{}{}:
+		default:
+			respond(log, w, r, errTooManyExports)
 			return
 		}
+		done := func() { <-exports }
 		// Until the first row comes the request timeout bounds the read;
 		// once rows flow, the client's pace does (the write timeout).
 		rowsCtx, cancel := context.WithCancel(ctx)
@@ -488,6 +480,52 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 	}
 }
 
+// state reads how far the feed's recording has got, for a feed resumed
+// from a cursor (and a HEAD): ErrFeedNotReady while nothing records. The
+// request timeout bounds the look, as it bounds the rows' first one: a
+// database that is slow is a 503, not a wait.
+func (f *Feed) state(ctx context.Context, lim Limits) (store.FeedState, error) {
+	ctx, cancel := context.WithTimeout(ctx, lim.RequestTimeout)
+	defer cancel()
+	st, err := f.st.FeedState(ctx)
+	if err != nil {
+		return st, err
+	}
+	if !st.SlotReady {
+		// Nothing records changes yet: cursor 0 would pass Check, and the
+		// changes committed before the slot exists would be missed.
+		return st, store.ErrFeedNotReady
+	}
+	return st, nil
+}
+
+// answerHead answers a HEAD of the feed: the status and headers a GET would get,
+// and no stream. It takes no feed and no export slot (it holds nothing
+// open), but is refused as a GET would be when none is free; without a
+// cursor it reads the feed's state, not the rows, whose first one could
+// only fail as the state's look does.
+func (f *Feed) answerHead(log *slog.Logger, w http.ResponseWriter, r *http.Request, cursor int64, resume bool, lim Limits, exports chan struct{}) {
+	var err error
+	switch {
+	case len(f.slots) == cap(f.slots):
+		err = errTooManyFeeds
+	case !resume && len(exports) == cap(exports):
+		err = errTooManyExports
+	default:
+		var st store.FeedState
+		st, err = f.state(r.Context(), lim)
+		if err == nil && resume {
+			err = st.Check(cursor)
+		}
+	}
+	if err != nil {
+		respond(log, w, r, err)
+		return
+	}
+	setFeedHeaders(w.Header())
+	w.WriteHeader(http.StatusOK)
+}
+
 // end sends the final event, saying why the feed ends, and returns.
 func (f *Feed) end(r *http.Request, sw *sseWriter, reason, detail string) {
 	b := append(sw.buf(), `{"reason":`...)
@@ -536,15 +574,19 @@ type sseWriter struct {
 
 func (s *sseWriter) start() {
 	s.started = true
-	h := s.w.Header()
-	h.Set("Content-Type", mediaEventStream+"; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
-	// Proxies such as nginx buffer responses unless told not to.
-	h.Set("X-Accel-Buffering", "no")
+	setFeedHeaders(s.w.Header())
 	_ = s.rc.SetWriteDeadline(time.Now().Add(s.timeout))
 	s.w.WriteHeader(http.StatusOK)
 	// EventSource waits this long before it reconnects.
 	_, _ = s.bw.WriteString("retry: 1000\n\n")
+}
+
+// setFeedHeaders sets the headers of a feed's answer.
+func setFeedHeaders(h http.Header) {
+	h.Set("Content-Type", mediaEventStream+"; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	// Proxies such as nginx buffer responses unless told not to.
+	h.Set("X-Accel-Buffering", "no")
 }
 
 // buf returns an empty scratch buffer for one event's data.

@@ -580,19 +580,123 @@ func TestFeedLimits(t *testing.T) {
 			}
 		}
 	})
-	t.Run("Head", func(t *testing.T) {
-		// openapi.yaml lists GET only (every GET answers HEAD), so no spec check.
-		rec := httptest.NewRecorder()
-		s.srv.Config.Handler.ServeHTTP(rec, newRequest(http.MethodHead, "/tests", "", "Accept", "text/event-stream"))
-		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "text/event-stream; charset=utf-8" {
-			t.Fatalf("HEAD: %d %q, want 200 with the feed's type, at once", rec.Code, rec.Header().Get("Content-Type"))
-		}
-	})
 	t.Run("Off", func(t *testing.T) {
 		e := mustEnv(t)
 		res := do(t, e.h, http.MethodGet, "/tests", "", "Accept", "text/event-stream")
 		if res.status != http.StatusNotAcceptable || !strings.Contains(string(res.body), "change feed") {
 			t.Fatalf("without the feed: %d %s, want a 406 that says the feed is off", res.status, res.body)
+		}
+	})
+}
+
+// head sends a HEAD of /tests through base's HTTP server, Accept
+// text/event-stream and header (name, value pairs); it must answer at
+// once, without a body: a HEAD that streamed would time out.
+func head(t *testing.T, base, query string, header ...string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodHead, base+"/tests"+query, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("HEAD /tests%s: %v", query, err)
+	}
+	res.Body.Close()
+	return res
+}
+
+// TestFeedHead: a HEAD of the feed answers the status and headers a GET
+// would (the feed's headers for a 200; the problem's status and
+// Retry-After for 400, 406, 410 and 503), ends at once, and holds no
+// feed open: with MaxFeeds 1, a feed connects after it, and then the
+// HEAD is refused as a second GET is.
+func TestFeedHead(t *testing.T) {
+	cfg := testFeed
+	cfg.MaxFeeds = 1
+	s := mustFeedService(t, cfg)
+	s.exec(t, `INSERT INTO test (name) VALUES ('a')`, `INSERT INTO test (name) VALUES ('b')`)
+	dbtest.WaitFor(t, "changes recorded", 20*time.Second, func() bool {
+		st, err := s.st.FeedState(t.Context())
+		return err == nil && st.LastSeq >= 2
+	})
+	h := s.srv.Config.Handler
+	sseAccept := []string{"Accept", "text/event-stream"}
+	// same checks that a HEAD got the status and the headers that matter
+	// of a GET's answer (a GET that is not a 200 ends, so it can be asked).
+	same := func(t *testing.T, query string, header []string, status int) {
+		t.Helper()
+		res := head(t, s.srv.URL, query, header...)
+		get := do(t, h, http.MethodGet, "/tests"+query, "", append(sseAccept, header...)...)
+		if get.status != status {
+			t.Fatalf("GET: %d, want %d: %s", get.status, status, get.body)
+		}
+		if res.StatusCode != status {
+			t.Fatalf("HEAD: %d, want %d as GET", res.StatusCode, status)
+		}
+		for _, k := range []string{"Content-Type", "Retry-After", "Vary"} {
+			if res.Header.Get(k) != get.header.Get(k) {
+				t.Fatalf("HEAD %s %q, GET %q", k, res.Header.Get(k), get.header.Get(k))
+			}
+		}
+	}
+	for _, query := range []string{"", "?after=1", "?cursor=1"} {
+		t.Run("OK"+query, func(t *testing.T) {
+			res := head(t, s.srv.URL, query)
+			if res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "text/event-stream; charset=utf-8" ||
+				res.Header.Get("Cache-Control") != "no-store" || res.Header.Get("X-Accel-Buffering") != "no" {
+				t.Fatalf("HEAD: %d %v, want 200 with a feed's headers", res.StatusCode, res.Header)
+			}
+		})
+	}
+	t.Run("MalformedCursor", func(t *testing.T) { same(t, "", []string{"Last-Event-ID", "abc"}, http.StatusBadRequest) })
+	t.Run("CursorBeyond", func(t *testing.T) { same(t, "?cursor=99", nil, http.StatusBadRequest) })
+	t.Run("WithLimit", func(t *testing.T) { same(t, "?limit=5", nil, http.StatusBadRequest) })
+	t.Run("Cap", func(t *testing.T) {
+		// The HEADs above held no feed: the one slot is free.
+		feed := connect(t, s.srv.URL, "")
+		feed.expect(t, `row {"id":1,"name":"a"}`, `row {"id":2,"name":"b"}`, `ready {}`)
+		same(t, "", nil, http.StatusServiceUnavailable)
+		same(t, "?cursor=1", nil, http.StatusServiceUnavailable)
+		feed.res.Body.Close()
+		dbtest.WaitFor(t, "the feed's slot freed", 5*time.Second, func() bool {
+			return head(t, s.srv.URL, "").StatusCode == http.StatusOK
+		})
+	})
+	t.Run("CursorGone", func(t *testing.T) {
+		s.exec(t, `UPDATE test_changes SET committed_at = now() - interval '2 days'`)
+		if _, err := s.st.PurgeChanges(t.Context(), 24*time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		same(t, "?cursor=1", nil, http.StatusGone)
+		// Without a cursor the floor does not matter.
+		if res := head(t, s.srv.URL, ""); res.StatusCode != http.StatusOK {
+			t.Fatalf("HEAD without a cursor after the purge: %d, want 200", res.StatusCode)
+		}
+	})
+	t.Run("NotReady", func(t *testing.T) {
+		url, slot := dbtest.NewLogicalSchema(t)
+		idle := mustFeedInstance(t, url, slot, testFeed, nil, false) // no consumer: no slot
+		for _, query := range []string{"", "?cursor=0"} {
+			res := head(t, idle.srv.URL, query)
+			get := do(t, idle.srv.Config.Handler, http.MethodGet, "/tests"+query, "", sseAccept...)
+			if res.StatusCode != http.StatusServiceUnavailable || get.status != res.StatusCode ||
+				res.Header.Get("Retry-After") == "" {
+				t.Fatalf("before the slot exists, HEAD /tests%s: %d (Retry-After %q), GET %d; want 503 with Retry-After for both",
+					query, res.StatusCode, res.Header.Get("Retry-After"), get.status)
+			}
+		}
+	})
+	t.Run("Off", func(t *testing.T) {
+		srv := httptest.NewServer(mustEnv(t).h)
+		defer srv.Close()
+		res := head(t, srv.URL, "")
+		if res.StatusCode != http.StatusNotAcceptable {
+			t.Fatalf("HEAD without the feed: %d, want 406 as GET", res.StatusCode)
 		}
 	})
 }
