@@ -173,6 +173,29 @@ func (s *feedService) exec(t testing.TB, sqls ...string) {
 	}
 }
 
+// lock locks table until the test ends: the statements that read it
+// wait.
+func (s *feedService) lock(t testing.TB, table string) {
+	t.Helper()
+	tx, err := s.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(t.Context(), "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitRecorded waits until the consumer has recorded n changes.
+func (s *feedService) waitRecorded(t testing.TB, n int64) {
+	t.Helper()
+	dbtest.WaitFor(t, "changes recorded", 20*time.Second, func() bool {
+		st, err := s.st.FeedState(t.Context())
+		return err == nil && st.LastSeq >= n
+	})
+}
+
 // event is one Server-Sent Event, or a comment (Kind ":").
 type event struct {
 	ID   string
@@ -493,14 +516,7 @@ func TestFeedResume(t *testing.T) {
 // 503 with Retry-After within the request timeout, not a wait without end.
 func TestFeedResumeDatabaseSlow(t *testing.T) {
 	s := mustFeedService(t, testFeed)
-	tx, err := s.pool.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
-	if _, err := tx.Exec(t.Context(), `LOCK TABLE test_changes_state IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	s.lock(t, "test_changes_state")
 	ctx, cancel := context.WithCancel(t.Context())
 	req := newRequest(http.MethodGet, "/tests", "", "Accept", "text/event-stream", "Last-Event-ID", "0").WithContext(ctx)
 	rec := httptest.NewRecorder()
@@ -620,10 +636,7 @@ func TestFeedHead(t *testing.T) {
 	cfg.MaxFeeds = 1
 	s := mustFeedService(t, cfg)
 	s.exec(t, `INSERT INTO test (name) VALUES ('a')`, `INSERT INTO test (name) VALUES ('b')`)
-	dbtest.WaitFor(t, "changes recorded", 20*time.Second, func() bool {
-		st, err := s.st.FeedState(t.Context())
-		return err == nil && st.LastSeq >= 2
-	})
+	s.waitRecorded(t, 2)
 	h := s.srv.Config.Handler
 	sseAccept := []string{"Accept", "text/event-stream"}
 	// same checks that a HEAD got the status and the headers that matter
@@ -727,10 +740,7 @@ func TestFeedSlowConsumer(t *testing.T) {
 	feed.expect(t, `ready {}`)
 	const n = 3000
 	s.exec(t, fmt.Sprintf(`INSERT INTO test (name) SELECT repeat('x', 200) || g FROM generate_series(1, %d) g`, n))
-	dbtest.WaitFor(t, "changes recorded", 20*time.Second, func() bool {
-		st, err := s.st.FeedState(t.Context())
-		return err == nil && st.LastSeq >= n
-	})
+	s.waitRecorded(t, n)
 	time.Sleep(500 * time.Millisecond) // the server writes until its buffers are full
 
 	seen := map[string]bool{}
