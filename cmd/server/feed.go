@@ -24,6 +24,10 @@ func newFeed(log *slog.Logger, st *store.Store, cfg config) *api.Feed {
 		Heartbeat: cfg.FeedHeartbeat,
 		MaxLag:    cfg.FeedMaxLag,
 		Poll:      cfg.FeedPoll,
+		// A poll is one short query, as /readyz's ping is; a feed waits
+		// for the database as long as any request does.
+		PollTimeout: cfg.DBAcquireTimeout,
+		Unavailable: cfg.RequestTimeout,
 	})
 }
 

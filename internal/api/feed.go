@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -34,6 +35,16 @@ type FeedConfig struct {
 	// than the table changes.
 	MaxLag int64
 	Poll   time.Duration // how often the instance looks for new changes
+	// PollTimeout bounds each look: one that gets no answer within it (a
+	// pooled connection that hangs) is cut, and the next poll tries again.
+	// 0 means 2 s.
+	PollTimeout time.Duration
+	// Unavailable is how long a feed waits for the database: a page it
+	// reads itself (catching up) and the instance's looks, failing or cut
+	// one after the other. Then the feed ends with reason unavailable and
+	// the client resumes from its last id, instead of getting heartbeats
+	// and nothing else for as long as the database is gone. 0 means 10 s.
+	Unavailable time.Duration
 }
 
 // Feed limits and sizes.
@@ -67,10 +78,22 @@ type Feed struct {
 	fresh bool          // ring and head follow the table (a feed is connected)
 	wake  chan struct{} // closed when head moves
 	subs  int
+	// failing is when the first of the polls that are failing began
+	// (zero while they succeed), failErr the last one's error; a feed
+	// ends once they have failed for Unavailable while it was connected.
+	failing  time.Time
+	failErr  error
+	reported bool // the outage was logged as ending feeds
 }
 
 // NewFeed returns the feed over st. Call Run to follow the changes.
 func NewFeed(log *slog.Logger, st changeStore, cfg FeedConfig) *Feed {
+	if cfg.PollTimeout <= 0 {
+		cfg.PollTimeout = 2 * time.Second
+	}
+	if cfg.Unavailable <= 0 {
+		cfg.Unavailable = 10 * time.Second
+	}
 	return &Feed{
 		log: log, st: st, cfg: cfg,
 		slots:   make(chan struct{}, cfg.MaxFeeds),
@@ -120,49 +143,55 @@ func (f *Feed) Run(ctx context.Context) {
 }
 
 // poll reads the changes after head into the ring and wakes the feeds;
-// it reports whether there may be more at once.
+// it reports whether there may be more at once. A poll that fails, or
+// gets no answer within PollTimeout, is tried again at the next tick (see
+// failed).
 func (f *Feed) poll(ctx context.Context) bool {
 	f.mu.Lock()
 	subs, fresh, head := f.subs, f.fresh, f.head
 	if subs == 0 {
 		f.fresh = false // nobody reads: stop following, start afresh later
 		f.ring = nil
+		f.failing, f.failErr, f.reported = time.Time{}, nil, false // and an outage is nobody's
 	}
 	f.mu.Unlock()
 	if subs == 0 {
 		return false
 	}
+	start := time.Now()
+	pollCtx, cancel := context.WithTimeout(ctx, f.cfg.PollTimeout)
+	defer cancel()
 	if !fresh {
-		st, err := f.st.FeedState(ctx)
+		st, err := f.st.FeedState(pollCtx)
 		if err != nil {
-			f.logPoll(ctx, err)
+			f.failed(ctx, start, err)
 			return false
 		}
 		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.answered()
 		f.ring, f.base, f.head, f.fresh = nil, st.LastSeq, st.LastSeq, true
 		f.broadcast()
-		f.mu.Unlock()
 		return true
 	}
-	cs, err := f.st.ChangesAfter(ctx, head, feedPage)
-	if errors.Is(err, store.ErrCursorGone) {
-		// A gap (a lost slot) or a purge passed head: start afresh; the
-		// feeds behind it find out from their own reads.
-		f.mu.Lock()
-		f.fresh = false
-		f.broadcast()
-		f.mu.Unlock()
-		return true
-	}
-	if err != nil {
-		f.logPoll(ctx, err)
-		return false
-	}
-	if len(cs) == 0 {
+	cs, err := f.st.ChangesAfter(pollCtx, head, feedPage)
+	if err != nil && !errors.Is(err, store.ErrCursorGone) {
+		f.failed(ctx, start, err)
 		return false
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.answered()
+	if err != nil {
+		// A gap (a lost slot) or a purge passed head: start afresh; the
+		// feeds behind it find out from their own reads.
+		f.fresh = false
+		f.broadcast()
+		return true
+	}
+	if len(cs) == 0 {
+		return false
+	}
 	f.ring = append(f.ring, cs...)
 	if n := len(f.ring) - feedRing; n > 0 {
 		f.base = f.ring[n-1].Seq
@@ -173,10 +202,41 @@ func (f *Feed) poll(ctx context.Context) bool {
 	return len(cs) == feedPage
 }
 
-func (f *Feed) logPoll(ctx context.Context, err error) {
-	if ctx.Err() == nil {
-		f.log.Warn("change feed: read changes", "error", err.Error())
+// failed records a poll begun at start that failed or got no answer in
+// time. A hung poll and a failing one are the same to the feeds: the next
+// tick tries again, and a feed that has been connected while the polls
+// failed for Unavailable ends with reason unavailable (see read); each
+// failure wakes the feeds to look.
+func (f *Feed) failed(ctx context.Context, start time.Time, err error) {
+	if ctx.Err() != nil {
+		return // Run is stopping
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("no answer within %s: %w", f.cfg.PollTimeout, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failing.IsZero() {
+		f.failing = start
+		// Once an outage, not every poll's: a poll may come every 10 ms.
+		f.log.Warn("change feed: read changes; retrying at each poll", "error", err.Error())
+	}
+	f.failErr = err
+	if !f.reported && time.Since(f.failing) >= f.cfg.Unavailable {
+		f.reported = true
+		f.log.Error("change feed: no changes read for "+f.cfg.Unavailable.String()+"; the connected feeds end (unavailable)", "error", err.Error())
+	}
+	f.broadcast()
+}
+
+// answered records a poll that got its answer, ending an outage; f.mu is
+// held.
+func (f *Feed) answered() {
+	if f.failing.IsZero() {
+		return
+	}
+	f.log.Info("change feed: reading changes again", "after", time.Since(f.failing).Round(time.Millisecond).String())
+	f.failing, f.failErr, f.reported = time.Time{}, nil, false
 }
 
 // broadcast wakes every feed waiting for head to move; f.mu is held.
@@ -187,10 +247,22 @@ func (f *Feed) broadcast() {
 
 // read returns up to feedPage changes after cursor, from the ring when it
 // holds them, from the database otherwise; with head as far as this
-// instance knows and a channel closed when head moves.
-func (f *Feed) read(ctx context.Context, cursor int64) ([]store.Change, int64, <-chan struct{}, error) {
+// instance knows and a channel closed when head moves. For a feed
+// connected since since, it fails once the tail's polls have failed for
+// Unavailable of that time.
+func (f *Feed) read(ctx context.Context, cursor int64, since time.Time) ([]store.Change, int64, <-chan struct{}, error) {
 	f.mu.Lock()
 	head, wake, fresh, base := f.head, f.wake, f.fresh, f.base
+	if failing := f.failing; !failing.IsZero() {
+		if since.After(failing) {
+			failing = since
+		}
+		if d := time.Since(failing); d >= f.cfg.Unavailable {
+			err := fmt.Errorf("%w: the change feed read no changes for %s: %w", store.ErrUnavailable, d.Round(time.Millisecond), f.failErr)
+			f.mu.Unlock()
+			return nil, max(head, cursor), wake, err
+		}
+	}
 	if fresh && cursor >= base {
 		i := sort.Search(len(f.ring), func(i int) bool { return f.ring[i].Seq > cursor })
 		cs := f.ring[i:min(len(f.ring), i+feedPage)]
@@ -202,7 +274,14 @@ func (f *Feed) read(ctx context.Context, cursor int64) ([]store.Change, int64, <
 		// The tail is (re)starting: wait for it rather than read.
 		return nil, max(head, cursor), wake, nil
 	}
-	cs, err := f.st.ChangesAfter(ctx, cursor, feedPage)
+	// A page the feed reads itself waits no longer for the database than
+	// the tail does, in all, before the feed ends.
+	readCtx, cancel := context.WithTimeout(ctx, f.cfg.Unavailable)
+	defer cancel()
+	cs, err := f.st.ChangesAfter(readCtx, cursor, feedPage)
+	if err != nil && readCtx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("read changes: no answer within %s: %w", f.cfg.Unavailable, err)
+	}
 	return cs, max(head, cursor), wake, err
 }
 
@@ -242,35 +321,36 @@ func feedCursor(r *http.Request, q url.Values) (cursor int64, ok bool, err error
 	return c, true, nil
 }
 
+// errTooManyFeeds is the answer past MaxFeeds.
+var errTooManyFeeds = &requestError{status: http.StatusServiceUnavailable,
+	detail: "Too many change feeds are connected; retry shortly."}
+
 // serve handles GET /tests as an event stream: 200, 400, 410, 503. Without
 // a cursor it first sends the rows with an id above after (event row, no
 // id) and event ready, then every change (create, rename, delete,
-// truncate) as it commits; with one, the changes after it. startRows
-// takes an export slot for the rows, which hold a database connection
-// while they are sent; it reports false when none is free.
-func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q url.Values, after int64, lim Limits, startRows func() (bool, func())) {
+// truncate) as it commits; with one, the changes after it. The rows take
+// a slot of exports, since they hold a database connection while they
+// are sent. A HEAD answers the status and headers a GET would, and ends.
+func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q url.Values, after int64, lim Limits, exports chan struct{}) {
 	cursor, resume, err := feedCursor(r, q)
 	if err != nil {
 		respond(log, w, r, err)
 		return
 	}
 	if r.Method == http.MethodHead {
-		// The headers a feed would have, and no stream: a HEAD must end.
-		w.Header().Set("Content-Type", mediaEventStream+"; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		w.WriteHeader(http.StatusOK)
+		f.answerHead(log, w, r, cursor, resume, lim, exports)
 		return
 	}
 	select {
 	case f.slots <- struct{}{}:
 		defer func() { <-f.slots }()
 	default:
-		respond(log, w, r, &requestError{status: http.StatusServiceUnavailable,
-			detail: "Too many change feeds are connected; retry shortly."})
+		respond(log, w, r, errTooManyFeeds)
 		return
 	}
 	f.subscribe()
 	defer f.unsubscribe()
+	since := time.Now()
 
 	rc := http.NewResponseController(w)
 	sw := &sseWriter{w: w, rc: rc, bw: bufio.NewWriterSize(w, streamFlushBytes), timeout: lim.WriteTimeout}
@@ -278,16 +358,7 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 
 	var sn store.Snapshot
 	if resume {
-		// The request timeout bounds the look, as it bounds the rows'
-		// first one below: a database that is slow is a 503, not a wait.
-		stateCtx, cancel := context.WithTimeout(ctx, lim.RequestTimeout)
-		st, err := f.st.FeedState(stateCtx)
-		cancel()
-		if err == nil && !st.SlotReady {
-			// Nothing records changes yet: cursor 0 would pass Check, and
-			// the changes committed before the slot exists would be missed.
-			err = store.ErrFeedNotReady
-		}
+		st, err := f.state(ctx, lim)
 		if err == nil {
 			err = st.Check(cursor)
 		}
@@ -297,12 +368,13 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 		}
 		sn = store.Snapshot{Head: st}
 	} else {
-		ok, done := startRows()
-		if !ok {
-			respond(log, w, r, &requestError{status: http.StatusServiceUnavailable,
-				detail: "Too many exports are running; retry shortly."})
+		select {
+		case exports <- struct{}{}:
+		default:
+			respond(log, w, r, errTooManyExports)
 			return
 		}
+		done := func() { <-exports }
 		// Until the first row comes the request timeout bounds the read;
 		// once rows flow, the client's pace does (the write timeout).
 		rowsCtx, cancel := context.WithCancel(ctx)
@@ -351,7 +423,7 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 	defer heartbeat.Stop()
 	bestLag := int64(-1)
 	for {
-		cs, head, wake, err := f.read(ctx, cursor)
+		cs, head, wake, err := f.read(ctx, cursor, since)
 		if errors.Is(err, store.ErrCursorGone) {
 			f.end(r, sw, "gone", "Changes after this feed's position are no longer kept (or were never recorded): read the table again, then follow the feed from its new position.")
 			return
@@ -408,6 +480,52 @@ func (f *Feed) serve(log *slog.Logger, w http.ResponseWriter, r *http.Request, q
 	}
 }
 
+// state reads how far the feed's recording has got, for a feed resumed
+// from a cursor (and a HEAD): ErrFeedNotReady while nothing records. The
+// request timeout bounds the look, as it bounds the rows' first one: a
+// database that is slow is a 503, not a wait.
+func (f *Feed) state(ctx context.Context, lim Limits) (store.FeedState, error) {
+	ctx, cancel := context.WithTimeout(ctx, lim.RequestTimeout)
+	defer cancel()
+	st, err := f.st.FeedState(ctx)
+	if err != nil {
+		return st, err
+	}
+	if !st.SlotReady {
+		// Nothing records changes yet: cursor 0 would pass Check, and the
+		// changes committed before the slot exists would be missed.
+		return st, store.ErrFeedNotReady
+	}
+	return st, nil
+}
+
+// answerHead answers a HEAD of the feed: the status and headers a GET would get,
+// and no stream. It takes no feed and no export slot (it holds nothing
+// open), but is refused as a GET would be when none is free; without a
+// cursor it reads the feed's state, not the rows, whose first one could
+// only fail as the state's look does.
+func (f *Feed) answerHead(log *slog.Logger, w http.ResponseWriter, r *http.Request, cursor int64, resume bool, lim Limits, exports chan struct{}) {
+	var err error
+	switch {
+	case len(f.slots) == cap(f.slots):
+		err = errTooManyFeeds
+	case !resume && len(exports) == cap(exports):
+		err = errTooManyExports
+	default:
+		var st store.FeedState
+		st, err = f.state(r.Context(), lim)
+		if err == nil && resume {
+			err = st.Check(cursor)
+		}
+	}
+	if err != nil {
+		respond(log, w, r, err)
+		return
+	}
+	setFeedHeaders(w.Header())
+	w.WriteHeader(http.StatusOK)
+}
+
 // end sends the final event, saying why the feed ends, and returns.
 func (f *Feed) end(r *http.Request, sw *sseWriter, reason, detail string) {
 	b := append(sw.buf(), `{"reason":`...)
@@ -456,15 +574,19 @@ type sseWriter struct {
 
 func (s *sseWriter) start() {
 	s.started = true
-	h := s.w.Header()
-	h.Set("Content-Type", mediaEventStream+"; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
-	// Proxies such as nginx buffer responses unless told not to.
-	h.Set("X-Accel-Buffering", "no")
+	setFeedHeaders(s.w.Header())
 	_ = s.rc.SetWriteDeadline(time.Now().Add(s.timeout))
 	s.w.WriteHeader(http.StatusOK)
 	// EventSource waits this long before it reconnects.
 	_, _ = s.bw.WriteString("retry: 1000\n\n")
+}
+
+// setFeedHeaders sets the headers of a feed's answer.
+func setFeedHeaders(h http.Header) {
+	h.Set("Content-Type", mediaEventStream+"; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	// Proxies such as nginx buffer responses unless told not to.
+	h.Set("X-Accel-Buffering", "no")
 }
 
 // buf returns an empty scratch buffer for one event's data.

@@ -41,6 +41,7 @@ const feedReadTimeout = time.Second
 type feedService struct {
 	srv  *httptest.Server
 	st   *store.Store
+	rec  *store.Store // the consumer's: st, unless a test keeps it out of a fault
 	pool *pgxpool.Pool
 	feed *api.Feed
 	repl *pgconn.Config
@@ -64,9 +65,17 @@ func mustFeedService(t testing.TB, cfg api.FeedConfig) *feedService {
 // consumer streams.
 func mustFeedInstance(t testing.TB, url, slot string, cfg api.FeedConfig, listen net.Listener, consume bool, opts ...api.Option) *feedService {
 	t.Helper()
-	pool := mustPool(t, url, nil)
+	return mustFeedOnPool(t, mustPool(t, url, nil), url, slot, cfg, listen, consume, opts...)
+}
+
+// mustFeedOnPool is mustFeedInstance with the instance's store on pool,
+// which may reach url's database another way (through a fault proxy);
+// the consumer connects to url itself.
+func mustFeedOnPool(t testing.TB, pool *pgxpool.Pool, url, slot string, cfg api.FeedConfig, listen net.Listener, consume bool, opts ...api.Option) *feedService {
+	t.Helper()
 	s := &feedService{pool: pool, slot: slot}
 	s.st = store.New(pool, store.OnChanges(func() { s.feed.Notify() }))
+	s.rec = s.st
 	if _, _, err := s.st.Migrate(context.Background()); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
@@ -117,7 +126,7 @@ func (s *feedService) standBy() <-chan struct{} {
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {
-			_ = s.st.ConsumeChanges(ctx, s.repl, s.slot, func() { started <- struct{}{} })
+			_ = s.rec.ConsumeChanges(ctx, s.repl, s.slot, func() { started <- struct{}{} })
 			select {
 			case <-ctx.Done():
 			case <-time.After(100 * time.Millisecond):
@@ -162,6 +171,29 @@ func (s *feedService) exec(t testing.TB, sqls ...string) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
+}
+
+// lock locks table until the test ends: the statements that read it
+// wait.
+func (s *feedService) lock(t testing.TB, table string) {
+	t.Helper()
+	tx, err := s.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(t.Context(), "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitRecorded waits until the consumer has recorded n changes.
+func (s *feedService) waitRecorded(t testing.TB, n int64) {
+	t.Helper()
+	dbtest.WaitFor(t, "changes recorded", 20*time.Second, func() bool {
+		st, err := s.st.FeedState(t.Context())
+		return err == nil && st.LastSeq >= n
+	})
 }
 
 // event is one Server-Sent Event, or a comment (Kind ":").
@@ -240,6 +272,13 @@ func connectWith(t testing.TB, c *http.Client, base, query string, header ...str
 // none comes within 20 s.
 func (s *sse) next(t testing.TB) event {
 	t.Helper()
+	return s.nextWithin(t, 20*time.Second)
+}
+
+// nextWithin is next with a bound of d, which heartbeats do not put off.
+func (s *sse) nextWithin(t testing.TB, d time.Duration) event {
+	t.Helper()
+	deadline := time.After(d)
 	for {
 		select {
 		case ev, ok := <-s.events:
@@ -250,8 +289,8 @@ func (s *sse) next(t testing.TB) event {
 				continue
 			}
 			return ev
-		case <-time.After(20 * time.Second):
-			t.Fatal("no event within 20 s")
+		case <-deadline:
+			t.Fatalf("no event within %s", d)
 		}
 	}
 }
@@ -477,14 +516,7 @@ func TestFeedResume(t *testing.T) {
 // 503 with Retry-After within the request timeout, not a wait without end.
 func TestFeedResumeDatabaseSlow(t *testing.T) {
 	s := mustFeedService(t, testFeed)
-	tx, err := s.pool.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
-	if _, err := tx.Exec(t.Context(), `LOCK TABLE test_changes_state IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	s.lock(t, "test_changes_state")
 	ctx, cancel := context.WithCancel(t.Context())
 	req := newRequest(http.MethodGet, "/tests", "", "Accept", "text/event-stream", "Last-Event-ID", "0").WithContext(ctx)
 	rec := httptest.NewRecorder()
@@ -564,19 +596,120 @@ func TestFeedLimits(t *testing.T) {
 			}
 		}
 	})
-	t.Run("Head", func(t *testing.T) {
-		// openapi.yaml lists GET only (every GET answers HEAD), so no spec check.
-		rec := httptest.NewRecorder()
-		s.srv.Config.Handler.ServeHTTP(rec, newRequest(http.MethodHead, "/tests", "", "Accept", "text/event-stream"))
-		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "text/event-stream; charset=utf-8" {
-			t.Fatalf("HEAD: %d %q, want 200 with the feed's type, at once", rec.Code, rec.Header().Get("Content-Type"))
-		}
-	})
 	t.Run("Off", func(t *testing.T) {
 		e := mustEnv(t)
 		res := do(t, e.h, http.MethodGet, "/tests", "", "Accept", "text/event-stream")
 		if res.status != http.StatusNotAcceptable || !strings.Contains(string(res.body), "change feed") {
 			t.Fatalf("without the feed: %d %s, want a 406 that says the feed is off", res.status, res.body)
+		}
+	})
+}
+
+// head sends a HEAD of /tests through base's HTTP server, Accept
+// text/event-stream and header (name, value pairs); it must answer at
+// once, without a body: a HEAD that streamed would time out.
+func head(t *testing.T, base, query string, header ...string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodHead, base+"/tests"+query, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("HEAD /tests%s: %v", query, err)
+	}
+	res.Body.Close()
+	return res
+}
+
+// TestFeedHead: a HEAD of the feed answers the status and headers a GET
+// would (the feed's headers for a 200; the problem's status and
+// Retry-After for 400, 406, 410 and 503), ends at once, and holds no
+// feed open: with MaxFeeds 1, a feed connects after it, and then the
+// HEAD is refused as a second GET is.
+func TestFeedHead(t *testing.T) {
+	cfg := testFeed
+	cfg.MaxFeeds = 1
+	s := mustFeedService(t, cfg)
+	s.exec(t, `INSERT INTO test (name) VALUES ('a')`, `INSERT INTO test (name) VALUES ('b')`)
+	s.waitRecorded(t, 2)
+	h := s.srv.Config.Handler
+	sseAccept := []string{"Accept", "text/event-stream"}
+	// same checks that a HEAD got the status and the headers that matter
+	// of a GET's answer (a GET that is not a 200 ends, so it can be asked).
+	same := func(t *testing.T, query string, header []string, status int) {
+		t.Helper()
+		res := head(t, s.srv.URL, query, header...)
+		get := do(t, h, http.MethodGet, "/tests"+query, "", append(sseAccept, header...)...)
+		if get.status != status {
+			t.Fatalf("GET: %d, want %d: %s", get.status, status, get.body)
+		}
+		if res.StatusCode != status {
+			t.Fatalf("HEAD: %d, want %d as GET", res.StatusCode, status)
+		}
+		for _, k := range []string{"Content-Type", "Retry-After", "Vary"} {
+			if res.Header.Get(k) != get.header.Get(k) {
+				t.Fatalf("HEAD %s %q, GET %q", k, res.Header.Get(k), get.header.Get(k))
+			}
+		}
+	}
+	for _, query := range []string{"", "?after=1", "?cursor=1"} {
+		t.Run("OK"+query, func(t *testing.T) {
+			res := head(t, s.srv.URL, query)
+			if res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "text/event-stream; charset=utf-8" ||
+				res.Header.Get("Cache-Control") != "no-store" || res.Header.Get("X-Accel-Buffering") != "no" {
+				t.Fatalf("HEAD: %d %v, want 200 with a feed's headers", res.StatusCode, res.Header)
+			}
+		})
+	}
+	t.Run("MalformedCursor", func(t *testing.T) { same(t, "", []string{"Last-Event-ID", "abc"}, http.StatusBadRequest) })
+	t.Run("CursorBeyond", func(t *testing.T) { same(t, "?cursor=99", nil, http.StatusBadRequest) })
+	t.Run("WithLimit", func(t *testing.T) { same(t, "?limit=5", nil, http.StatusBadRequest) })
+	t.Run("Cap", func(t *testing.T) {
+		// The HEADs above held no feed: the one slot is free.
+		feed := connect(t, s.srv.URL, "")
+		feed.expect(t, `row {"id":1,"name":"a"}`, `row {"id":2,"name":"b"}`, `ready {}`)
+		same(t, "", nil, http.StatusServiceUnavailable)
+		same(t, "?cursor=1", nil, http.StatusServiceUnavailable)
+		feed.res.Body.Close()
+		dbtest.WaitFor(t, "the feed's slot freed", 5*time.Second, func() bool {
+			return head(t, s.srv.URL, "").StatusCode == http.StatusOK
+		})
+	})
+	t.Run("CursorGone", func(t *testing.T) {
+		s.exec(t, `UPDATE test_changes SET committed_at = now() - interval '2 days'`)
+		if _, err := s.st.PurgeChanges(t.Context(), 24*time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		same(t, "?cursor=1", nil, http.StatusGone)
+		// Without a cursor the floor does not matter.
+		if res := head(t, s.srv.URL, ""); res.StatusCode != http.StatusOK {
+			t.Fatalf("HEAD without a cursor after the purge: %d, want 200", res.StatusCode)
+		}
+	})
+	t.Run("NotReady", func(t *testing.T) {
+		url, slot := dbtest.NewLogicalSchema(t)
+		idle := mustFeedInstance(t, url, slot, testFeed, nil, false) // no consumer: no slot
+		for _, query := range []string{"", "?cursor=0"} {
+			res := head(t, idle.srv.URL, query)
+			get := do(t, idle.srv.Config.Handler, http.MethodGet, "/tests"+query, "", sseAccept...)
+			if res.StatusCode != http.StatusServiceUnavailable || get.status != res.StatusCode ||
+				res.Header.Get("Retry-After") == "" {
+				t.Fatalf("before the slot exists, HEAD /tests%s: %d (Retry-After %q), GET %d; want 503 with Retry-After for both",
+					query, res.StatusCode, res.Header.Get("Retry-After"), get.status)
+			}
+		}
+	})
+	t.Run("Off", func(t *testing.T) {
+		srv := httptest.NewServer(mustEnv(t).h)
+		defer srv.Close()
+		res := head(t, srv.URL, "")
+		if res.StatusCode != http.StatusNotAcceptable {
+			t.Fatalf("HEAD without the feed: %d, want 406 as GET", res.StatusCode)
 		}
 	})
 }
@@ -607,10 +740,7 @@ func TestFeedSlowConsumer(t *testing.T) {
 	feed.expect(t, `ready {}`)
 	const n = 3000
 	s.exec(t, fmt.Sprintf(`INSERT INTO test (name) SELECT repeat('x', 200) || g FROM generate_series(1, %d) g`, n))
-	dbtest.WaitFor(t, "changes recorded", 20*time.Second, func() bool {
-		st, err := s.st.FeedState(t.Context())
-		return err == nil && st.LastSeq >= n
-	})
+	s.waitRecorded(t, n)
 	time.Sleep(500 * time.Millisecond) // the server writes until its buffers are full
 
 	seen := map[string]bool{}

@@ -241,6 +241,11 @@ func pathID(r *http.Request) (int64, error) {
 	return id, nil
 }
 
+// errTooManyExports is the answer past MaxExports: exports, and the rows
+// of feeds, each hold a database connection.
+var errTooManyExports = &requestError{status: http.StatusServiceUnavailable,
+	detail: "Too many exports are running; retry shortly."}
+
 // handleTestsList handles GET /tests: 200, 304, 400, 406, 410, 503. JSON
 // answers one keyset page (with its ETag, or a 304); NDJSON and CSV stream
 // every row from after on (or limit rows when limit is given) as they come
@@ -306,14 +311,7 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits, feed *Feed) htt
 				respond(log, w, r, badRequest("The change feed takes after and cursor, not name or limit."))
 				return
 			}
-			feed.serve(log, w, r, q, after, lim, func() (bool, func()) {
-				select {
-				case exports <- struct{}{}:
-					return true, func() { <-exports }
-				default:
-					return false, nil
-				}
-			})
+			feed.serve(log, w, r, q, after, lim, exports)
 			return
 		}
 		if media != mediaJSON {
@@ -323,10 +321,7 @@ func handleTestsList(log *slog.Logger, st testStore, lim Limits, feed *Feed) htt
 			case exports <- struct{}{}:
 				defer func() { <-exports }()
 			default:
-				respond(log, w, r, &requestError{
-					status: http.StatusServiceUnavailable,
-					detail: "Too many exports are running; retry shortly.",
-				})
+				respond(log, w, r, errTooManyExports)
 				return
 			}
 			stream(log, w, r, media, rows, lim)

@@ -801,7 +801,8 @@ type ClientInterface interface {
 	// ends with an `end` event whose data says why (`reason`: `behind`,
 	// more than `FEED_MAX_LAG` changes behind the table; `shutdown`, the
 	// instance stops; `gone`, changes after its position are no longer
-	// kept; `unavailable`, the database failed) and a `detail`; all but
+	// kept; `unavailable`, the database failed or gave no changes for
+	// `REQUEST_TIMEOUT`) and a `detail`; all but
 	// `gone` resume from the last id. More than `FEED_MAX` feeds on one
 	// instance is a `503`. The feed takes `after` and `cursor`, not
 	// `limit` or `name` (`400`), and needs the token as reads do (none).
@@ -1262,7 +1263,8 @@ func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 // ends with an `end` event whose data says why (`reason`: `behind`,
 // more than `FEED_MAX_LAG` changes behind the table; `shutdown`, the
 // instance stops; `gone`, changes after its position are no longer
-// kept; `unavailable`, the database failed) and a `detail`; all but
+// kept; `unavailable`, the database failed or gave no changes for
+// `REQUEST_TIMEOUT`) and a `detail`; all but
 // `gone` resume from the last id. More than `FEED_MAX` feeds on one
 // instance is a `503`. The feed takes `after` and `cursor`, not
 // `limit` or `name` (`400`), and needs the token as reads do (none).
@@ -2453,7 +2455,8 @@ type ClientWithResponsesInterface interface {
 	// ends with an `end` event whose data says why (`reason`: `behind`,
 	// more than `FEED_MAX_LAG` changes behind the table; `shutdown`, the
 	// instance stops; `gone`, changes after its position are no longer
-	// kept; `unavailable`, the database failed) and a `detail`; all but
+	// kept; `unavailable`, the database failed or gave no changes for
+	// `REQUEST_TIMEOUT`) and a `detail`; all but
 	// `gone` resume from the last id. More than `FEED_MAX` feeds on one
 	// instance is a `503`. The feed takes `after` and `cursor`, not
 	// `limit` or `name` (`400`), and needs the token as reads do (none).
@@ -4262,7 +4265,8 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 // ends with an `end` event whose data says why (`reason`: `behind`,
 // more than `FEED_MAX_LAG` changes behind the table; `shutdown`, the
 // instance stops; `gone`, changes after its position are no longer
-// kept; `unavailable`, the database failed) and a `detail`; all but
+// kept; `unavailable`, the database failed or gave no changes for
+// `REQUEST_TIMEOUT`) and a `detail`; all but
 // `gone` resume from the last id. More than `FEED_MAX` feeds on one
 // instance is a `503`. The feed takes `after` and `cursor`, not
 // `limit` or `name` (`400`), and needs the token as reads do (none).
