@@ -173,6 +173,12 @@ func TestConsumeRecordsInCommitOrder(t *testing.T) {
 		{store.KindDelete, store.Test{ID: 2}},
 		{store.KindTruncate, store.Test{}},
 	}
+	mustRecorded(t, cs, want)
+}
+
+// mustRecorded fails unless cs are want, each once, in order, seqs 1..n.
+func mustRecorded(t *testing.T, cs []store.Change, want []kindRow) {
+	t.Helper()
 	got := kindRows(cs)
 	if len(got) != len(want) {
 		t.Fatalf("recorded %+v, want %+v", got, want)
