@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	neturl "net/url"
 	"strings"
 	"syscall"
 	"testing"
@@ -179,4 +180,109 @@ func TestFeedAcrossRestarts(t *testing.T) {
 		err := db.QueryRow(t.Context(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&n)
 		return err == nil && n == 0
 	})
+}
+
+// TestFeedConsumerBlackhole: the binary's database connections, its
+// consumer's pool and replication connection among them, go silent (a
+// toxiproxy blackhole) while rows are committed straight to the database.
+// The consumer gives up within 1.5 × REQUEST_TIMEOUT (and a margin): its
+// replication connection silent for half of it, then no reply for
+// REQUEST_TIMEOUT (and half of wal_sender_timeout, 0 here: with one, the
+// server would end the connection itself, and toxiproxy pass the close
+// on), or a round trip on its pool unanswered for REQUEST_TIMEOUT,
+// whichever it meets first. It logs it and is started again every
+// FEED_RETRY; once the network is back it records again, and test_changes
+// holds every row's create exactly once, in commit order.
+func TestFeedConsumerBlackhole(t *testing.T) {
+	t.Parallel()
+	const requestTimeout = time.Second
+	url, slot := dbtest.NewLogicalSchema(t)
+	px := dbtest.NewProxy(t, url)
+	t.Cleanup(px.Clear) // the connections cut while blackholed then close at once
+	u, err := neturl.Parse(px.URL(url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("wal_sender_timeout", "0")
+	u.RawQuery = q.Encode()
+	p := startReady(t, u.String(), "FEED=on", "FEED_SLOT="+slot, "FEED_RETRY=200ms",
+		"REQUEST_TIMEOUT="+requestTimeout.String(), "DB_CONNECT_TIMEOUT=1s")
+	const recording = "change feed: recording changes (this instance holds the slot)"
+	const stopped = "change feed: consumer stopped, retrying"
+	p.waitLog(t, recording, 1, startWithin)
+	db, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	insert := func(name string) {
+		t.Helper()
+		if _, err := db.Exec(t.Context(), `INSERT INTO test (name) VALUES ($1)`, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recorded := func(n int) {
+		t.Helper()
+		dbtest.WaitFor(t, fmt.Sprintf("%d changes recorded", n), 20*time.Second, func() bool {
+			var got int
+			err := db.QueryRow(t.Context(), `SELECT count(*) FROM test_changes`).Scan(&got)
+			return err == nil && got >= n
+		})
+	}
+	insert("before1")
+	insert("before2")
+	recorded(2)
+
+	if err := px.Blackhole(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	insert("during1")
+	insert("during2")
+	e := p.waitLog(t, stopped, 1, requestTimeout*3/2+2*time.Second)[0]
+	t.Logf("%q %s after the blackhole began (REQUEST_TIMEOUT %s): %v", stopped, time.Since(start).Round(time.Millisecond), requestTimeout, e["error"])
+
+	px.Clear()
+	cleared := time.Now()
+	p.waitLog(t, recording, 2, 20*time.Second)
+	insert("after")
+	recorded(5)
+	t.Logf("recording again %s after the network came back", time.Since(cleared).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond) // room for a wrong repeat to land
+	rows, err := db.Query(t.Context(), `
+SELECT c.seq, c.kind, c.id, c.name, t.id
+FROM test_changes c
+FULL JOIN test t ON t.id = c.id
+ORDER BY c.seq, t.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var seq, id, rowID *int64
+		var kind, name *string
+		if err := rows.Scan(&seq, &kind, &id, &name, &rowID); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%v %v %v %v %v", deref(seq), deref(kind), deref(id), deref(name), deref(rowID)))
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	want := []string{
+		"1 create 1 before1 1", "2 create 2 before2 2", "3 create 3 during1 3",
+		"4 create 4 during2 4", "5 create 5 after 5",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("test_changes joined with test (seq kind id name, row id):\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// deref returns *v, or nil for a nil pointer.
+func deref[T any](v *T) any {
+	if v == nil {
+		return nil
+	}
+	return *v
 }

@@ -87,10 +87,14 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	m := metrics.New()
 	m.CollectPool(pool.Stat)
 	// A create waiting for its group-commit batch is bounded like a
-	// request waiting for a connection.
+	// request waiting for a connection. The change feed's consumer waits
+	// for each answer of the database as long as a request waits for all
+	// of its own: it then gives up, as the requests and the feeds do
+	// (newFeed), and is started again (consume).
 	var feed *api.Feed
 	st := store.New(pool.Pool, append([]store.Option{
-		store.QueueTimeout(cfg.DBAcquireTimeout), store.OnBatch(m.Batch), store.OnBatchAnswered(m.BatchAnswered),
+		store.QueueTimeout(cfg.DBAcquireTimeout), store.ConsumeTimeout(cfg.RequestTimeout),
+		store.OnBatch(m.Batch), store.OnBatchAnswered(m.BatchAnswered),
 		store.OnPageRead(m.PageReaders), store.OnPageGroup(m.PageGroup), store.ObserveErrors(m.DBError),
 		store.OnChanges(func() { feed.Notify() }),
 	}, tr.storeOptions()...)...)

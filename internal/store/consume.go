@@ -81,10 +81,13 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg *pgconn.Config, slot str
 	if err := s.ensureSlot(ctx, conn, slot); err != nil {
 		return err
 	}
-	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
+	replyWait := s.consumeTimeout + s.walSenderTimeout(ctx, conn)/2 // asked before the stream starts
+	startCtx, cancel := s.roundTrip(ctx)
+	err = pglogrepl.StartReplication(startCtx, conn, slot, 0, pglogrepl.StartReplicationOptions{
 		Mode:       pglogrepl.LogicalReplication,
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + slot + "'"},
 	})
+	cancel()
 	if sqlstate(err) == pgerrcode.ObjectInUse {
 		return ErrSlotBusy
 	}
@@ -99,8 +102,79 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg *pgconn.Config, slot str
 	if started != nil {
 		started()
 	}
-	c := &consumer{s: s, conn: conn, relations: map[uint32]*pglogrepl.RelationMessage{}}
+	c := &consumer{s: s, conn: conn, relations: map[uint32]*pglogrepl.RelationMessage{}, heard: time.Now(), replyWait: replyWait}
 	return c.run(ctx)
+}
+
+// defaultWALSenderTimeout is PostgreSQL's default wal_sender_timeout,
+// assumed where the server does not say.
+const defaultWALSenderTimeout = time.Minute
+
+// walSenderTimeout returns the wal_sender_timeout of conn's session (0:
+// none), or defaultWALSenderTimeout when it cannot be read. The server
+// reads the consumer's messages at least every half of it, even while it
+// decodes a long transaction of which it sends nothing (changes to
+// tables outside the publication): the consumer waits that long, and
+// ConsumeTimeout more, for the answer to a request before it takes the
+// connection for dead (see silent).
+func (s *Store) walSenderTimeout(ctx context.Context, conn *pgconn.PgConn) time.Duration {
+	if s.consumeTimeout <= 0 {
+		return 0 // the silence is not bounded
+	}
+	ctx, cancel := s.roundTrip(ctx)
+	defer cancel()
+	// pg_settings gives it in milliseconds; a replication=database
+	// connection takes plain SQL.
+	res, err := conn.Exec(ctx, `SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'`).ReadAll()
+	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 {
+		return defaultWALSenderTimeout
+	}
+	ms, err := strconv.ParseInt(string(res[0].Rows[0][0]), 10, 64)
+	if err != nil || ms < 0 {
+		return defaultWALSenderTimeout
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+// ConsumeTimeout bounds how long the consumer waits for the database.
+// Each of its round trips on the pool (its recording transaction's
+// statements and commit, its rollback, the look-ups before it streams)
+// and on the replication connection before the stream gets d. Once the
+// stream has been silent for d/2 the consumer asks the server for a
+// reply, which must come within d and half the server's
+// wal_sender_timeout (see silent). Past a bound the consumer rolls back
+// and ConsumeChanges returns ErrUnavailable, for the caller to call it
+// again. Without it a connection that hangs (a blackhole: data
+// swallowed, the connection left open) stalls the consumer for ever,
+// holding the slot, so that no instance records changes. Zero, the
+// default, means no bound.
+func ConsumeTimeout(d time.Duration) Option {
+	return func(s *Store) { s.consumeTimeout = d }
+}
+
+// roundTrip returns ctx bounded by ConsumeTimeout, for one round trip of
+// the consumer.
+func (s *Store) roundTrip(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.consumeTimeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, s.consumeTimeout)
+}
+
+// bounded runs fn, one database round trip of the consumer, under
+// ConsumeTimeout, and returns its error classified and prefixed with what
+// (saying so when the bound cut it).
+func (s *Store) bounded(ctx context.Context, what string, fn func(ctx context.Context) error) error {
+	rtCtx, cancel := s.roundTrip(ctx)
+	defer cancel()
+	err := fn(rtCtx)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() == nil && errors.Is(rtCtx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%s: no answer within %s: %w", what, s.consumeTimeout, s.classify(err))
+	}
+	return fmt.Errorf("%s: %w", what, s.classify(err))
 }
 
 // OnChanges has fn called each time this Store's consumer has committed
@@ -115,17 +189,19 @@ func OnChanges(fn func()) Option {
 // duplicate_object, which is fine.
 func (s *Store) ensurePublication(ctx context.Context, name string) error {
 	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_publication WHERE pubname = $1`, name).Scan(&n); err != nil {
-		return fmt.Errorf("look up publication: %w", s.classify(err))
+	err := s.bounded(ctx, "look up publication", func(ctx context.Context) error {
+		return s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_publication WHERE pubname = $1`, name).Scan(&n)
+	})
+	if err != nil || n > 0 {
+		return err
 	}
-	if n > 0 {
-		return nil
-	}
-	_, err := s.pool.Exec(ctx, `CREATE PUBLICATION `+pgx.Identifier{name}.Sanitize()+` FOR TABLE test`)
-	if err != nil && sqlstate(err) != pgerrcode.DuplicateObject {
-		return fmt.Errorf("create publication: %w", s.classify(err))
-	}
-	return nil
+	return s.bounded(ctx, "create publication", func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, `CREATE PUBLICATION `+pgx.Identifier{name}.Sanitize()+` FOR TABLE test`)
+		if sqlstate(err) == pgerrcode.DuplicateObject {
+			return nil
+		}
+		return err
+	})
 }
 
 // ensureSlot makes sure slot exists and can stream: it creates a missing
@@ -137,17 +213,19 @@ func (s *Store) ensurePublication(ctx context.Context, name string) error {
 // is reset, since a new slot's LSNs need not be above the old one's (on
 // YugabyteDB they are the slot's own).
 func (s *Store) ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
-	st, err := s.Slot(ctx, slot)
+	slotCtx, cancel := s.roundTrip(ctx) // Slot classifies its errors itself
+	st, err := s.Slot(slotCtx, slot)
+	cancel()
 	if err != nil {
 		return err
 	}
 	if st.Exists && st.WALState != "lost" {
 		// A consumer that made the slot and stopped before recording so
 		// leaves slot_ready false; the slot has recorded since it was made.
-		if _, err := s.pool.Exec(ctx, `UPDATE test_changes_state SET slot_ready = true WHERE id = 1 AND NOT slot_ready`); err != nil {
-			return fmt.Errorf("record replication slot: %w", s.classify(err))
-		}
-		return nil
+		return s.bounded(ctx, "record replication slot", func(ctx context.Context) error {
+			_, err := s.pool.Exec(ctx, `UPDATE test_changes_state SET slot_ready = true WHERE id = 1 AND NOT slot_ready`)
+			return err
+		})
 	}
 	if st.Exists {
 		if err := pglogrepl.DropReplicationSlot(ctx, conn, slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
@@ -174,13 +252,16 @@ SET last_seq = CASE WHEN slot_ready THEN last_seq + 1 ELSE last_seq END,
     last_lsn = 0,
     slot_ready = true
 WHERE id = 1`
-	if _, err := s.pool.Exec(ctx, q); err != nil {
+	err = s.bounded(ctx, "record new replication slot", func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, q)
+		return err
+	})
+	if err != nil {
 		// The slot exists and the state does not say so: drop it, so that
 		// the next attempt does both again.
 		_ = pglogrepl.DropReplicationSlot(context.WithoutCancel(ctx), conn, slot, pglogrepl.DropReplicationSlotOptions{})
-		return fmt.Errorf("record new replication slot: %w", s.classify(err))
 	}
-	return nil
+	return err
 }
 
 // DropSlot drops replication slot name and its publication if they exist
@@ -211,12 +292,17 @@ type consumer struct {
 	relations map[uint32]*pglogrepl.RelationMessage
 
 	flushed pglogrepl.LSN // what the slot has been told is recorded
-	inTx    bool          // between a BEGIN and its COMMIT
-	begin   *pglogrepl.BeginMessage
-	tx      pgx.Tx // the recording transaction, from the first change on
-	skip    bool   // this transaction was recorded before
-	seq     int64  // the last seq written in tx
-	batch   []Change
+	heard   time.Time     // when the last message came from the server
+	pinged  time.Time     // when a reply was asked for since (zero: not asked)
+	// replyWait is how long a reply may take: ConsumeTimeout and half
+	// the server's wal_sender_timeout (walSenderTimeout).
+	replyWait time.Duration
+	inTx      bool // between a BEGIN and its COMMIT
+	begin     *pglogrepl.BeginMessage
+	tx        pgx.Tx // the recording transaction, from the first change on
+	skip      bool   // this transaction was recorded before
+	seq       int64  // the last seq written in tx
+	batch     []Change
 
 	// Transactions whose COMMIT has come and whose changes are written in
 	// tx, which is not yet committed (see groupDelay).
@@ -227,7 +313,7 @@ type consumer struct {
 }
 
 func (c *consumer) run(ctx context.Context) error {
-	defer c.rollback(ctx)
+	defer func() { _ = c.rollback(ctx) }()
 	nextStatus := time.Now().Add(statusInterval)
 	for {
 		if time.Now().After(nextStatus) {
@@ -239,6 +325,9 @@ func (c *consumer) run(ctx context.Context) error {
 		deadline := nextStatus
 		if c.pending > 0 && !c.inTx {
 			deadline = c.pendingSince.Add(groupDelay)
+		}
+		if check, ok := c.silenceCheck(); ok && check.Before(deadline) {
+			deadline = check
 		}
 		recvCtx, cancel := context.WithDeadline(ctx, deadline)
 		raw, err := c.conn.ReceiveMessage(recvCtx)
@@ -252,11 +341,15 @@ func (c *consumer) run(ctx context.Context) error {
 					return err
 				}
 			}
+			if err := c.silent(ctx); err != nil {
+				return err
+			}
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("receive replication message: %w", c.s.classify(err))
 		}
+		c.heard, c.pinged = time.Now(), time.Time{}
 		switch msg := raw.(type) {
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("replication stream: %w", c.s.classify(pgconn.ErrorResponseToPgError(msg)))
@@ -266,6 +359,42 @@ func (c *consumer) run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// silenceCheck returns when silent has next something to do, and false
+// when the silence is not bounded (no ConsumeTimeout).
+func (c *consumer) silenceCheck() (time.Time, bool) {
+	half := c.s.consumeTimeout / 2
+	if half <= 0 {
+		return time.Time{}, false
+	}
+	if c.pinged.IsZero() {
+		return c.heard.Add(half), true
+	}
+	return c.pinged.Add(c.replyWait), true
+}
+
+// silent bounds the replication connection's silence, as PostgreSQL's own
+// standby does (wal_receiver_timeout): a server with nothing to send may
+// say nothing for long (the status updates keep it from pinging us), so
+// after half of ConsumeTimeout without a message the consumer asks for a
+// reply, which the server sends as soon as it reads the request, and when
+// replyWait passes without any message it gives up on the connection.
+// Waiting for the reply to a request, never for traffic alone, neither a
+// consumer that was itself busy nor a server decoding a long transaction
+// it sends nothing of is taken for a dead connection.
+func (c *consumer) silent(ctx context.Context) error {
+	check, ok := c.silenceCheck()
+	if !ok || time.Now().Before(check) {
+		return nil
+	}
+	if c.pinged.IsZero() {
+		c.pinged = time.Now()
+		return c.sendStatus(ctx, true)
+	}
+	err := fmt.Errorf("replication connection silent: no message for %s, nor an answer %s after asking for one (ConsumeTimeout %s and half of wal_sender_timeout): %w",
+		time.Since(c.heard).Round(time.Millisecond), time.Since(c.pinged).Round(time.Millisecond), c.s.consumeTimeout, context.DeadlineExceeded)
+	return c.s.classify(err)
 }
 
 func (c *consumer) copyData(ctx context.Context, data []byte) error {
@@ -416,27 +545,33 @@ func (c *consumer) add(ctx context.Context, kind string, row Test) error {
 // consumer, say one whose connection the database has not yet noticed is
 // gone, waits here) and decides whether the transaction is new.
 func (c *consumer) open(ctx context.Context) error {
-	tx, err := c.s.pool.BeginTx(ctx, pgx.TxOptions{})
+	var tx pgx.Tx
+	err := c.s.bounded(ctx, "begin recording", func(ctx context.Context) (err error) {
+		tx, err = c.s.pool.BeginTx(ctx, pgx.TxOptions{})
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("begin recording: %w", c.s.classify(err))
+		return err
 	}
+	c.tx = tx // rolled back by run's rollback on any error
 	var lastLSN int64
 	const q = `
 SELECT last_seq, last_lsn
 FROM test_changes_state
 WHERE id = 1
 FOR UPDATE`
-	if err := tx.QueryRow(ctx, q).Scan(&c.seq, &lastLSN); err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return fmt.Errorf("lock feed state: %w", c.s.classify(err))
+	err = c.s.bounded(ctx, "lock feed state", func(ctx context.Context) error {
+		return tx.QueryRow(ctx, q).Scan(&c.seq, &lastLSN)
+	})
+	if err != nil {
+		return err
 	}
 	if uint64(c.begin.FinalLSN) <= uint64(lastLSN) {
 		// Recorded before this session: sent again because the slot had
 		// not been told.
 		c.skip = true
-		return tx.Rollback(ctx)
+		return c.rollback(ctx)
 	}
-	c.tx = tx
 	return nil
 }
 
@@ -463,9 +598,12 @@ func (c *consumer) write(ctx context.Context) error {
 INSERT INTO test_changes (seq, commit_lsn, xid, kind, id, name, committed_at)
 SELECT $1 + n, $2, $3, kind, id, name, $4
 FROM unnest($5::text[], $6::integer[], $7::text[]) WITH ORDINALITY AS c(kind, id, name, n)`
-	_, err := c.tx.Exec(ctx, q, c.seq, int64(c.begin.FinalLSN), int64(c.begin.Xid), c.begin.CommitTime, kinds, ids, names)
+	err := c.s.bounded(ctx, "record changes", func(ctx context.Context) error {
+		_, err := c.tx.Exec(ctx, q, c.seq, int64(c.begin.FinalLSN), int64(c.begin.Xid), c.begin.CommitTime, kinds, ids, names)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("record changes: %w", c.s.classify(err))
+		return err
 	}
 	c.seq += int64(len(c.batch))
 	c.batch = c.batch[:0]
@@ -480,15 +618,20 @@ UPDATE test_changes_state
 SET last_seq = $1,
     last_lsn = $2
 WHERE id = 1`
-	if _, err := c.tx.Exec(ctx, q, c.seq, int64(c.pendingLSN)); err != nil {
-		return fmt.Errorf("record commit: %w", c.s.classify(err))
+	err := c.s.bounded(ctx, "record commit", func(ctx context.Context) error {
+		_, err := c.tx.Exec(ctx, q, c.seq, int64(c.pendingLSN))
+		return err
+	})
+	if err != nil {
+		return err
 	}
-	err := c.tx.Commit(ctx)
+	err = c.s.bounded(ctx, "commit recording", c.tx.Commit)
 	c.tx, c.pending = nil, 0
 	if err != nil {
-		// Whether it committed is unknown: the stream ends here, and the
-		// next session finds out from last_lsn.
-		return fmt.Errorf("commit recording: %w", c.s.classify(err))
+		// Whether it committed is unknown (a commit cut by the bound
+		// too): the stream ends here, the slot not told, and the next
+		// session finds out from last_lsn.
+		return err
 	}
 	if c.pendingEnd > c.flushed {
 		c.flushed = c.pendingEnd
@@ -499,17 +642,29 @@ WHERE id = 1`
 	return c.status(ctx)
 }
 
-func (c *consumer) rollback(ctx context.Context) {
-	if c.tx != nil {
-		_ = c.tx.Rollback(context.WithoutCancel(ctx))
-		c.tx = nil
+// rollback ends the recording transaction, if any, without recording:
+// on a connection that hangs, pgx's rollback is cut by ConsumeTimeout
+// (and the connection closed), and the database rolls back when it
+// notices.
+func (c *consumer) rollback(ctx context.Context) error {
+	if c.tx == nil {
+		return nil
 	}
+	tx := c.tx
+	c.tx = nil
+	return c.s.bounded(context.WithoutCancel(ctx), "roll back recording", tx.Rollback)
 }
 
 // status tells the database how far the changes are recorded: the slot
 // keeps only WAL after it.
 func (c *consumer) status(ctx context.Context) error {
-	err := pglogrepl.SendStandbyStatusUpdate(ctx, c.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: c.flushed})
+	return c.sendStatus(ctx, false)
+}
+
+// sendStatus sends the standby status update, asking the server for an
+// immediate reply when reply is true.
+func (c *consumer) sendStatus(ctx context.Context, reply bool) error {
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, c.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: c.flushed, ReplyRequested: reply})
 	if err != nil {
 		return fmt.Errorf("standby status update: %w", c.s.classify(err))
 	}

@@ -41,15 +41,30 @@ func mustFeedEnv(t *testing.T) *feedEnv {
 // the slot is streamed: changes committed from then on are recorded.
 func (e *feedEnv) consume(t *testing.T, slot string) (stop func()) {
 	t.Helper()
+	started, stop := runConsumer(t, e.st, e.repl, slot, func(err error) { t.Logf("consumer: %v", err) })
+	waitStreaming(t, started, slot)
+	return stop
+}
+
+// runConsumer calls st.ConsumeChanges again 100 ms after each return
+// until stop is called, or the test ends; stopped (if not nil) gets each
+// error but ErrSlotBusy. started gets a value each time the slot is
+// streamed.
+func runConsumer(t *testing.T, st *store.Store, repl *pgconn.Config, slot string, stopped func(error)) (started <-chan struct{}, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	started := make(chan struct{}, 1)
+	streaming := make(chan struct{}, 1)
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {
-			err := e.st.ConsumeChanges(ctx, e.repl, slot, func() { started <- struct{}{} })
-			if ctx.Err() == nil && !errors.Is(err, store.ErrSlotBusy) {
-				t.Logf("consumer: %v", err)
+			err := st.ConsumeChanges(ctx, repl, slot, func() {
+				select {
+				case streaming <- struct{}{}:
+				default:
+				}
+			})
+			if ctx.Err() == nil && !errors.Is(err, store.ErrSlotBusy) && stopped != nil {
+				stopped(err)
 			}
 			select {
 			case <-ctx.Done():
@@ -62,12 +77,17 @@ func (e *feedEnv) consume(t *testing.T, slot string) (stop func()) {
 		<-done
 	}
 	t.Cleanup(stop)
+	return streaming, stop
+}
+
+// waitStreaming waits for a value of runConsumer's started.
+func waitStreaming(t *testing.T, started <-chan struct{}, slot string) {
+	t.Helper()
 	select {
 	case <-started:
 	case <-time.After(20 * time.Second):
 		t.Fatalf("consumer of %s not streaming within 20s", slot)
 	}
-	return stop
 }
 
 // exec runs statements on e's pool, failing the test on an error.
@@ -153,6 +173,12 @@ func TestConsumeRecordsInCommitOrder(t *testing.T) {
 		{store.KindDelete, store.Test{ID: 2}},
 		{store.KindTruncate, store.Test{}},
 	}
+	mustRecorded(t, cs, want)
+}
+
+// mustRecorded fails unless cs are want, each once, in order, seqs 1..n.
+func mustRecorded(t *testing.T, cs []store.Change, want []kindRow) {
+	t.Helper()
 	got := kindRows(cs)
 	if len(got) != len(want) {
 		t.Fatalf("recorded %+v, want %+v", got, want)

@@ -37,14 +37,15 @@ var (
 // ErrUnavailable until Migrate has succeeded, so a service that starts
 // before its database serves 503s, not errors about a missing table.
 type Store struct {
-	pool      *pgxpool.Pool
-	ready     atomic.Bool
-	creates   batcher               // group commit for Create
-	pages     pageReader            // coalesced reads for List
-	groups    pageGroup             // grouped page queries (pages' read)
-	onError   func(sqlstate string) // see ObserveErrors; nil means nobody listens
-	onChanges func()                // see OnChanges; nil means nobody listens
-	dialect   Dialect               // forces dialectOf's answer; "" (always, outside tests) reads it from the connection
+	pool           *pgxpool.Pool
+	ready          atomic.Bool
+	creates        batcher               // group commit for Create
+	pages          pageReader            // coalesced reads for List
+	groups         pageGroup             // grouped page queries (pages' read)
+	onError        func(sqlstate string) // see ObserveErrors; nil means nobody listens
+	onChanges      func()                // see OnChanges; nil means nobody listens
+	consumeTimeout time.Duration         // see ConsumeTimeout; 0 means no bound
+	dialect        Dialect               // forces dialectOf's answer; "" (always, outside tests) reads it from the connection
 }
 
 // New returns a Store using pool. The pool stays the caller's to close,
