@@ -70,11 +70,15 @@ func OnBatchAnswered(fn func(took time.Duration)) Option {
 }
 
 // QueueTimeout bounds how long a create waits in the queue for its batch to
-// be sent: after d it answers ErrUnavailable, as a request waiting for a
-// pool connection does after the acquire timeout, instead of queueing until
-// its own deadline behind a slow or locked database. Zero means no bound.
+// be sent, and a page query for its grouped statement (pagegroup.go): after
+// d it answers ErrUnavailable, as a request waiting for a pool connection
+// does after the acquire timeout, instead of queueing until its own
+// deadline behind a slow or locked database. Zero means no bound.
 func QueueTimeout(d time.Duration) Option {
-	return func(s *Store) { s.creates.queueTimeout = d }
+	return func(s *Store) {
+		s.creates.queueTimeout = d
+		s.groups.queueTimeout = d
+	}
 }
 
 // errQueueTimeout is what a create gets when its batch was not sent within

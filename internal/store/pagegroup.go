@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,7 +68,8 @@ type pageGroup struct {
 	many func(ctx context.Context, keys []pageKey) ([][]Test, error)       // several as one statement (listMany)
 	on   atomic.Bool                                                       // group at all: set once Migrate found PostgreSQL
 
-	maxFlights int // page statements at once at the most
+	maxFlights   int           // page statements at once at the most
+	queueTimeout time.Duration // see QueueTimeout; 0 means no bound
 
 	mu      sync.Mutex
 	queue   []*groupRead // waiting for a flight, in arrival order
@@ -83,7 +85,14 @@ type groupRead struct {
 	done chan struct{} // closed once rows and err are set
 	rows []Test
 	err  error
+
+	sent    bool // taken into a statement; guarded by pageGroup.mu
+	dropped bool // gave up waiting in the queue; guarded by pageGroup.mu
 }
+
+// errPageQueueTimeout is what a page query gets when no statement took it
+// within the queue timeout; it never reached the database.
+var errPageQueueTimeout = fmt.Errorf("%w: timed out waiting for a page statement", ErrUnavailable)
 
 // read returns the page for after and limit, from a statement of its own
 // or one it shares with other pages, sent after read was called.
@@ -109,17 +118,38 @@ func (g *pageGroup) read(ctx context.Context, after int64, limit int) ([]Test, e
 	}
 	g.queue = append(g.queue, r)
 	g.mu.Unlock()
-	select {
-	case <-r.done:
-		return r.rows, r.err
-	case <-ctx.Done():
+	// Behind statements that a locked table or a slow database holds, the
+	// queue would otherwise keep every page query until its deadline, where
+	// a query of its own would have had ErrUnavailable after the acquire
+	// timeout.
+	var queueTimeout <-chan time.Time
+	if g.queueTimeout > 0 {
+		t := time.NewTimer(g.queueTimeout)
+		defer t.Stop()
+		queueTimeout = t.C
+	}
+	for {
 		select {
-		case <-r.done: // answered as ctx ended: the answer is the truth
+		case <-r.done:
 			return r.rows, r.err
-		default:
-			// Left in the queue, it is skipped when its turn comes; in a
-			// statement, the statement goes on for the others.
-			return nil, ctx.Err()
+		case <-ctx.Done():
+			select {
+			case <-r.done: // answered as ctx ended: the answer is the truth
+				return r.rows, r.err
+			default:
+				// Left in the queue, it is skipped when its turn comes; in a
+				// statement, the statement goes on for the others.
+				return nil, ctx.Err()
+			}
+		case <-queueTimeout:
+			g.mu.Lock()
+			sent := r.sent
+			r.dropped = !sent
+			g.mu.Unlock()
+			if !sent {
+				return nil, errPageQueueTimeout
+			}
+			queueTimeout = nil // in a statement: wait for its answer
 		}
 	}
 }
@@ -138,7 +168,8 @@ func (g *pageGroup) take(first *groupRead) []*groupRead {
 			break
 		}
 		taken++
-		if r.ctx.Err() == nil {
+		if r.ctx.Err() == nil && !r.dropped {
+			r.sent = true
 			batch = append(batch, r)
 		}
 	}

@@ -180,3 +180,62 @@ func TestListNoGroupsOnYugabyteDB(t *testing.T) {
 		t.Errorf("page statements grouped on YugabyteDB: %v", got)
 	}
 }
+
+// TestListGroupQueueTimeout: behind a locked table, page queries queued
+// for a statement answer ErrUnavailable after the queue timeout (the
+// server's DB_ACQUIRE_TIMEOUT), as a query waiting for a pool connection
+// would, while the lock is still held, and are never sent.
+func TestListGroupQueueTimeout(t *testing.T) {
+	url := dbtest.NewSchema(t)
+	var mu sync.Mutex
+	var sizes []int
+	st := store.New(mustPool(t, url, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 }),
+		store.QueueTimeout(200*time.Millisecond),
+		store.OnPageGroup(func(pages int) {
+			mu.Lock()
+			defer mu.Unlock()
+			sizes = append(sizes, pages)
+		}))
+	t.Cleanup(st.Close)
+	if _, _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	lock := mustPool(t, url, nil)
+	tx, err := lock.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.WithoutCancel(t.Context()))
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE test IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	// The two flights the store starts with wait on the lock.
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() { _, _ = st.List(ctx, int64(i*10), 10) })
+	}
+	time.Sleep(50 * time.Millisecond)
+	for i := range 5 {
+		wg.Go(func() {
+			start := time.Now()
+			_, err := st.List(ctx, int64(100+i*10), 10)
+			if !errors.Is(err, store.ErrUnavailable) {
+				t.Errorf("List queued behind a locked table: %v; want ErrUnavailable", err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("List queued behind a locked table answered after %v; want the 200 ms queue timeout", d)
+			}
+		})
+	}
+	time.Sleep(time.Second)
+	mu.Lock()
+	sent := slices.Clone(sizes)
+	mu.Unlock()
+	if !slices.Equal(sent, []int{1, 1}) {
+		t.Errorf("statements sent: %v; want [1 1], the queued pages never sent", sent)
+	}
+	_ = tx.Rollback(t.Context())
+	wg.Wait()
+}
