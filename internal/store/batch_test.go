@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/dbtest"
@@ -837,9 +838,8 @@ func TestBatchFlightsAdaptToLatency(t *testing.T) {
 // and leaving its own for the next trip. Sixteen clients creating one row
 // after another through a 10 ms proxy, two flights: without lingering a
 // round of the sixteen took three batches or more (1, 1, 14, ...: a mean
-// of 4.9-5.3 creates); with it, two (1 and 15, 5 and 11: 7.6-8.3). A
-// create of another client (or of none) is never held: right after the
-// last batch, while its flight lingers, one is sent at once.
+// of 4.9-5.3 creates); with it, two (1 and 15, 5 and 11: 7.6-8.3).
+// TestBatchLingerStranger and TestBatchLingerClose test what ends a linger.
 func TestBatchLingersForItsClients(t *testing.T) {
 	url := dbtest.NewSchema(t)
 	p := dbtest.NewProxy(t, url)
@@ -877,15 +877,86 @@ func TestBatchLingersForItsClients(t *testing.T) {
 		t.Errorf("batches %v: mean %.1f creates after the first four; want 6.5 or more (the sixteen in two batches a round)", sizes, mean)
 	}
 	t.Logf("batches %v: mean %.1f after the first four", sizes, mean)
+}
 
-	// The last batches' flights linger for their clients (up to two
-	// floors, about 40 ms): a create of nobody's is sent at once all the
-	// same, one round trip (20 ms) and its statement.
+// lingering leaves a store with two flights through a 50 ms proxy (a floor
+// of about 100 ms, so a linger of up to about 200 ms): one lingers for
+// clients c1 and c2, which it has answered and which do not come back, the
+// other waits at the database behind an uncommitted row of the name it
+// inserts. It returns release, which lets that flight go.
+func lingering(t *testing.T) (e *batchEnv, release func()) {
+	t.Helper()
+	url := dbtest.NewSchema(t)
+	p := dbtest.NewProxy(t, url)
+	e = mustBatchEnv(t, p.URL(url))
+	e.st.AllowFlights(2)
+	if err := p.Latency(50*time.Millisecond, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Create(t.Context(), "warm"); err != nil { // the floor
+		t.Fatal(err)
+	}
+	held := mustPool(t, url, nil)
+	var txs []pgx.Tx
+	for _, name := range []string{"h1", "h2"} {
+		tx, err := held.Begin(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tx.Rollback(context.WithoutCancel(t.Context())) })
+		if _, err := tx.Exec(t.Context(), `INSERT INTO test (name) VALUES ($1)`, name); err != nil {
+			t.Fatal(err)
+		}
+		txs = append(txs, tx)
+	}
+	// One flight each, waiting at the database; then c1 and c2 queue.
+	go e.st.Create(t.Context(), "h1")
+	time.Sleep(20 * time.Millisecond)
+	go e.st.Create(t.Context(), "h2")
+	time.Sleep(150 * time.Millisecond)
+	var wg sync.WaitGroup
+	for _, c := range []string{"c1", "c2"} {
+		wg.Go(func() {
+			if _, err := e.st.Create(store.WithClient(t.Context(), c), "of-"+c); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	time.Sleep(20 * time.Millisecond)
+	if q := e.st.Queued(); q != 2 {
+		t.Fatalf("%d creates queued; want c1's and c2's", q)
+	}
+	// h1's flight carries them, answers them and lingers: two flights are
+	// taken, and its clients are not back.
+	_ = txs[0].Rollback(t.Context())
+	wg.Wait()
+	time.Sleep(5 * time.Millisecond)
+	return e, func() { _ = txs[1].Rollback(t.Context()) }
+}
+
+// TestBatchLingerStranger: a create of nobody's (or of a client not
+// answered lately) is never held by a lingering flight: it ends the linger
+// and is sent at once, one round trip (100 ms) and its statement.
+func TestBatchLingerStranger(t *testing.T) {
+	e, release := lingering(t)
+	defer release()
 	start := time.Now()
 	if _, err := e.st.Create(t.Context(), "lone"); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d > 35*time.Millisecond {
-		t.Errorf("a lone create took %v through a 20 ms round trip", d)
+	if d := time.Since(start); d > 170*time.Millisecond {
+		t.Errorf("a stranger's create took %v through a 100 ms round trip while a flight lingered (batches %v)", d, e.batches())
+	}
+}
+
+// TestBatchLingerClose: Close ends a linger at once.
+func TestBatchLingerClose(t *testing.T) {
+	e, release := lingering(t)
+	release()
+	time.Sleep(60 * time.Millisecond) // h2's flight answered: only the lingering one left
+	start := time.Now()
+	e.st.Close()
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("Close took %v while a flight lingered (for up to about 200 ms)", d)
 	}
 }
