@@ -86,8 +86,9 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	defer pool.Close()
 	m := metrics.New()
 	m.CollectPool(pool.Stat)
-	// A create waiting for its group-commit batch is bounded like a
-	// request waiting for a connection. The change feed's consumer waits
+	// A create waiting for its group-commit batch, and a page query for
+	// its grouped statement, are bounded like a request waiting for a
+	// connection. The change feed's consumer waits
 	// for each answer of the database as long as a request waits for all
 	// of its own: it then gives up, as the requests and the feeds do
 	// (newFeed), and is started again (consume).
