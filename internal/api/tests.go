@@ -68,10 +68,7 @@ func handleTestsCreate(log *slog.Logger, st testStore, lim Limits, keyTTL time.D
 			return
 		}
 		if single {
-			// The connection is the client: group commit may wait a little
-			// for the clients of a batch it has just answered, never for
-			// anybody else (store.WithClient).
-			t, err := st.Create(store.WithClient(r.Context(), r.RemoteAddr), names[0])
+			t, err := st.Create(r.Context(), names[0])
 			if err != nil {
 				respond(log, w, r, err)
 				return

@@ -30,23 +30,6 @@ const (
 	maxBatchSize = 256
 )
 
-// clientKey is the context key of WithClient.
-type clientKey struct{}
-
-// WithClient returns ctx saying which client the creates made with it come
-// from (an HTTP connection's remote address, say): a group-commit flight
-// that has just answered some clients may wait a little for their next
-// creates (see linger), never for anybody else's. A create without a client
-// is nobody's: it never waits for a flight to linger.
-func WithClient(ctx context.Context, client string) context.Context {
-	return context.WithValue(ctx, clientKey{}, client)
-}
-
-func clientOf(ctx context.Context) string {
-	c, _ := ctx.Value(clientKey{}).(string)
-	return c
-}
-
 // errClosed is what Create answers once Close has begun.
 var errClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
 
@@ -94,10 +77,9 @@ func (s *Store) Close() {
 
 // createReq is one Create waiting for its batch.
 type createReq struct {
-	ctx    context.Context
-	name   string
-	client string            // see WithClient; "" for none
-	done   chan createResult // buffered: a batch never waits for a create that gave up
+	ctx  context.Context
+	name string
+	done chan createResult // buffered: a batch never waits for a create that gave up
 
 	sent    bool // taken into a batch; guarded by batcher.mu
 	dropped bool // gave up waiting in the queue; guarded by batcher.mu
@@ -118,80 +100,12 @@ type batcher struct {
 	queueTimeout time.Duration
 	maxFlights   int // at most this many flights: half the pool, leaving the rest for reads
 
-	mu        sync.Mutex
-	queue     []*createReq
-	flights   int           // batches running, at most ctl.allowed (but for a moment after it shrinks)
-	ctl       flightControl // how many flights may run
-	closed    bool          // set by close; nothing is queued after it
-	wg        sync.WaitGroup
-	lingering []*lingerer          // flights waiting for their clients (see linger)
-	recent    map[string]time.Time // clients answered lately, and when
-}
-
-// recentFor is how long a client that was answered counts as one of the
-// load's, not a stranger (see linger).
-const recentFor = time.Second
-
-// lingerFloors bounds a linger, in round-trip floors: under load the last
-// of a batch's clients come back up to about two floors after it was
-// answered. Measured at 2 ms each way (`go run ./bench -only create
-// -rounds 3 -db-latency 2ms -compare`, BENCHMARKS.md, session 5): no
-// linger 4674 creates/s (median), one floor 4927, two 5156, three 4940.
-const lingerFloors = 2
-
-// lingerer is a flight waiting for the clients it has just answered.
-type lingerer struct {
-	clients map[string]bool // the clients of the batch it answered, false once back
-	waiting int             // of them, not back yet
-	wake    chan struct{}   // closed when it should go: all back, a stranger, or Close
-}
-
-// wakeLingerers tells the lingering flights that r has queued, and wakes
-// those that should go: all their clients are back, or r is a stranger
-// (a client not answered lately, or none), or r is nil (Close). b.mu is
-// held.
-func (b *batcher) wakeLingerers(r *createReq) {
-	stranger := r == nil || r.client == ""
-	if !stranger {
-		at, ok := b.recent[r.client]
-		stranger = !ok || time.Since(at) > recentFor
-	}
-	kept := b.lingering[:0]
-	for _, l := range b.lingering {
-		if !stranger {
-			if waiting, ok := l.clients[r.client]; ok && waiting {
-				l.clients[r.client] = false
-				l.waiting--
-			}
-		}
-		if stranger || l.waiting == 0 {
-			close(l.wake)
-			continue
-		}
-		kept = append(kept, l)
-	}
-	clear(b.lingering[len(kept):])
-	b.lingering = kept
-}
-
-// answered records that batch's clients were answered at now; b.mu is
-// held.
-func (b *batcher) answered(batch []*createReq, now time.Time) {
-	if b.recent == nil {
-		b.recent = map[string]time.Time{}
-	}
-	if len(b.recent) > 4*maxBatchSize {
-		for c, at := range b.recent {
-			if now.Sub(at) > recentFor {
-				delete(b.recent, c)
-			}
-		}
-	}
-	for _, r := range batch {
-		if r.client != "" {
-			b.recent[r.client] = now
-		}
-	}
+	mu      sync.Mutex
+	queue   []*createReq
+	flights int           // batches running, at most ctl.allowed (but for a moment after it shrinks)
+	ctl     flightControl // how many flights may run
+	closed  bool          // set by close; nothing is queued after it
+	wg      sync.WaitGroup
 }
 
 // do queues name and waits for its answer or for ctx. A create whose ctx
@@ -199,7 +113,7 @@ func (b *batcher) answered(batch []*createReq, now time.Time) {
 // the queue; one whose ctx ends after its batch was sent gets ctx's error,
 // and its row may or may not be stored: it was never acknowledged.
 func (b *batcher) do(ctx context.Context, name string) (Test, error) {
-	r := &createReq{ctx: ctx, name: name, client: clientOf(ctx), done: make(chan createResult, 1)}
+	r := &createReq{ctx: ctx, name: name, done: make(chan createResult, 1)}
 	if err := b.enqueue(r); err != nil {
 		return Test{}, err
 	}
@@ -240,9 +154,6 @@ func (b *batcher) enqueue(r *createReq) error {
 		return errClosed
 	}
 	b.queue = append(b.queue, r)
-	if len(b.lingering) > 0 {
-		b.wakeLingerers(r)
-	}
 	if b.flights < b.ctl.allowed {
 		b.startFlight()
 	}
@@ -268,73 +179,6 @@ func (b *batcher) fly() {
 			b.onBatch(len(batch), flights)
 		}
 		b.send(batch, flights)
-		b.linger(batch)
-	}
-}
-
-// linger holds a flight that has just answered batch, while two or more
-// flights may run and every one is taken, until each of batch's clients
-// has queued its next create, or until lingerFloors round-trip floors
-// (flights.go) have passed. Under a steady load the clients of a
-// batch come back with their next creates within an HTTP round trip, just
-// after their flight would have left again at once with the few that
-// queued meanwhile: theirs would then wait for the next flight, a batch
-// time divided by the flights, on top of their own (a cycle of 1.5 batch
-// times with two flights; BENCHMARKS.md, session 5). Lingering, each
-// flight carries its own clients round after round, and a create's cycle
-// is its batch's time and the HTTP round trip.
-//
-// With one flight (a database next door, whose CPU is the limit) it does
-// not linger: the database would sit idle meanwhile (4% fewer creates per
-// second on loopback, measured as above).
-//
-// It never holds a stranger's create: one from a client not answered in
-// the last recentFor (or from no client: WithClient) ends the linger at
-// once, and so does Close; a flight that carried one create does not
-// linger, and while fewer flights run than may, a create starts one at
-// once. It goes as soon as every client of batch is back.
-func (b *batcher) linger(batch []*createReq) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.answered(batch, time.Now())
-	d := lingerFloors * b.ctl.least
-	if len(batch) < 2 || d <= 0 || b.ctl.allowed < 2 || b.closed || b.flights < b.ctl.allowed || len(b.queue) >= len(batch) {
-		return
-	}
-	l := &lingerer{clients: make(map[string]bool, len(batch)), wake: make(chan struct{})}
-	for _, r := range batch {
-		if r.client == "" {
-			return // nobody's: not a load of clients that come back
-		}
-		if !l.clients[r.client] {
-			l.clients[r.client] = true
-			l.waiting++
-		}
-	}
-	for _, r := range b.queue {
-		if at, ok := b.recent[r.client]; r.client == "" || !ok || time.Since(at) > recentFor {
-			return // a stranger waits already
-		}
-		if l.clients[r.client] {
-			l.clients[r.client] = false
-			l.waiting--
-		}
-	}
-	if l.waiting == 0 {
-		return
-	}
-	b.lingering = append(b.lingering, l)
-	b.mu.Unlock()
-
-	t := time.NewTimer(d)
-	select {
-	case <-l.wake:
-	case <-t.C:
-	}
-	t.Stop()
-	b.mu.Lock()
-	if i := slices.Index(b.lingering, l); i >= 0 {
-		b.lingering = slices.Delete(b.lingering, i, i+1)
 	}
 }
 
@@ -441,7 +285,6 @@ func (b *batcher) send(batch []*createReq, flights int) {
 func (b *batcher) close() {
 	b.mu.Lock()
 	b.closed = true
-	b.wakeLingerers(nil)
 	b.mu.Unlock()
 	b.wg.Wait()
 }

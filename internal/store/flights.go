@@ -52,7 +52,6 @@ type flightControl struct {
 	allowed int  // flights that may run: 1 to the batcher's maxFlights
 	fixed   bool // allowed is set by a test, not by the floor
 	floor   roundTripFloor
-	least   time.Duration // the floor as of the last batch; 0 before one
 }
 
 func newFlightControl(now time.Time) flightControl {
@@ -63,12 +62,10 @@ func newFlightControl(now time.Time) flightControl {
 // flights from the floor. It reports whether allowed grew.
 func (c *flightControl) observe(took time.Duration, now time.Time, maxFlights int) bool {
 	if c.fixed {
-		c.least = c.floor.observe(took, now)
 		return false
 	}
 	before := c.allowed
-	c.least = c.floor.observe(took, now)
-	c.allowed = flightsFor(c.least, maxFlights)
+	c.allowed = flightsFor(c.floor.observe(took, now), maxFlights)
 	return c.allowed > before
 }
 
