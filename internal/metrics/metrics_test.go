@@ -87,7 +87,7 @@ func TestBatch(t *testing.T) {
 	for _, b := range []struct{ size, flights int }{{1, 1}, {3, 2}, {256, 3}} {
 		m.Batch(b.size, b.flights)
 	}
-	for _, want := range []string{
+	wantGathered(t, m,
 		`testsapi_create_batch_size_bucket{le="1"} 1`,
 		`testsapi_create_batch_size_bucket{le="4"} 2`,
 		`testsapi_create_batch_size_bucket{le="128"} 2`,
@@ -97,11 +97,7 @@ func TestBatch(t *testing.T) {
 		`testsapi_create_batch_flights_bucket{le="2"} 2`,
 		`testsapi_create_batch_flights_bucket{le="4"} 3`,
 		`testsapi_create_batch_flights_sum 6`,
-	} {
-		if !gathered(t, m, want) {
-			t.Errorf("no %s", want)
-		}
-	}
+	)
 }
 
 func TestBatchAnsweredAndPageGroup(t *testing.T) {
@@ -111,7 +107,7 @@ func TestBatchAnsweredAndPageGroup(t *testing.T) {
 	m.PageGroup(1)
 	m.PageGroup(16)
 	m.PageGroup(5)
-	for _, want := range []string{
+	wantGathered(t, m,
 		`testsapi_create_batch_seconds_bucket{le="0.00025"} 1`,
 		`testsapi_create_batch_seconds_bucket{le="0.002"} 1`,
 		`testsapi_create_batch_seconds_bucket{le="0.004"} 2`,
@@ -120,19 +116,19 @@ func TestBatchAnsweredAndPageGroup(t *testing.T) {
 		`testsapi_page_group_size_bucket{le="8"} 2`,
 		`testsapi_page_group_size_bucket{le="16"} 3`,
 		`testsapi_page_group_size_sum 22`,
-	} {
-		if !gathered(t, m, want) {
-			t.Errorf("no %s", want)
-		}
-	}
+	)
 }
 
-// gathered reports whether the text exposition of m has line.
-func gathered(t *testing.T, m *metrics.Metrics, line string) bool {
+// wantGathered checks that the text exposition of m has every one of lines.
+func wantGathered(t *testing.T, m *metrics.Metrics, lines ...string) {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	m.Handler(slog.New(slog.DiscardHandler)).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-	return strings.Contains(rec.Body.String(), line+"\n")
+	for _, line := range lines {
+		if !strings.Contains(rec.Body.String(), line+"\n") {
+			t.Errorf("no %s", line)
+		}
+	}
 }
 
 // BenchmarkMiddleware is the middleware's own cost on a matched route: the

@@ -36,10 +36,10 @@ const maxGroupPages = 16 // most pages in one statement: bounds its rows and its
 // pageFlightQuantum of the least time a statement took lately (its floor,
 // flights.go), so that across a network the round trip is hidden, and two
 // at the least, so that the database reads one while the store decodes
-// and answers the other. Measured with `go run ./bench -only pages -compare` and a
-// fixed number of flights (BENCHMARKS.md, "Session 5: grouped page queries"): on
-// loopback 2 flights gave the most pages per second (1: 5%, 3: 10% fewer),
-// at 2 ms each way 4 (2: 7%, 8: 3% fewer).
+// and answers the other. Measured with a fixed number of flights and
+// `go run ./bench -only pages -compare` (BENCHMARKS.md, "Session 5:
+// grouped page queries"): on loopback 2 flights gave the most pages per
+// second (1: 5%, 3: 10% fewer), at 2 ms each way 4 (2: 7%, 8: 3% fewer).
 const (
 	minPageFlights    = 2
 	pageFlightQuantum = time.Millisecond
