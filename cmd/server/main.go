@@ -95,7 +95,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 	var feed *api.Feed
 	st := store.New(pool.Pool, append([]store.Option{
 		store.QueueTimeout(cfg.DBAcquireTimeout), store.ConsumeTimeout(cfg.RequestTimeout),
-		store.OnBatch(m.Batch), store.OnBatchAnswered(m.BatchAnswered),
+		store.OnBatch(m.Batch), store.OnBatchAnswered(m.BatchAnswered), store.OnQueueWait(m.QueueWait),
 		store.OnPageRead(m.PageReaders), store.OnPageGroup(m.PageGroup), store.ObserveErrors(m.DBError),
 		store.OnChanges(func() { feed.Notify() }),
 	}, tr.storeOptions()...)...)

@@ -714,7 +714,9 @@ type ClientInterface interface {
 	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
 	// (`testsapi_create_batch_size`) and how many were in flight at once
 	// (`testsapi_create_batch_flights`) and how long their statements took
-	// (`testsapi_create_batch_seconds`), the pages one page query answered
+	// (`testsapi_create_batch_seconds`), how long each create waited for
+	// its batch to be sent (`testsapi_create_queue_seconds`), the pages one
+	// page query answered
 	// (`testsapi_page_read_shared`), the page queries sent in one statement
 	// (`testsapi_page_group_size`), and the Go runtime and process
 	// metrics.
@@ -1146,7 +1148,9 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // class (`testsapi_db_errors_total`), the sizes of group-commit batches
 // (`testsapi_create_batch_size`) and how many were in flight at once
 // (`testsapi_create_batch_flights`) and how long their statements took
-// (`testsapi_create_batch_seconds`), the pages one page query answered
+// (`testsapi_create_batch_seconds`), how long each create waited for
+// its batch to be sent (`testsapi_create_queue_seconds`), the pages one
+// page query answered
 // (`testsapi_page_read_shared`), the page queries sent in one statement
 // (`testsapi_page_group_size`), and the Go runtime and process
 // metrics.
@@ -2362,7 +2366,9 @@ type ClientWithResponsesInterface interface {
 	// class (`testsapi_db_errors_total`), the sizes of group-commit batches
 	// (`testsapi_create_batch_size`) and how many were in flight at once
 	// (`testsapi_create_batch_flights`) and how long their statements took
-	// (`testsapi_create_batch_seconds`), the pages one page query answered
+	// (`testsapi_create_batch_seconds`), how long each create waited for
+	// its batch to be sent (`testsapi_create_queue_seconds`), the pages one
+	// page query answered
 	// (`testsapi_page_read_shared`), the page queries sent in one statement
 	// (`testsapi_page_group_size`), and the Go runtime and process
 	// metrics.
@@ -4154,7 +4160,9 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 // class (`testsapi_db_errors_total`), the sizes of group-commit batches
 // (`testsapi_create_batch_size`) and how many were in flight at once
 // (`testsapi_create_batch_flights`) and how long their statements took
-// (`testsapi_create_batch_seconds`), the pages one page query answered
+// (`testsapi_create_batch_seconds`), how long each create waited for
+// its batch to be sent (`testsapi_create_queue_seconds`), the pages one
+// page query answered
 // (`testsapi_page_read_shared`), the page queries sent in one statement
 // (`testsapi_page_group_size`), and the Go runtime and process
 // metrics.

@@ -100,10 +100,13 @@ func TestBatch(t *testing.T) {
 	)
 }
 
-func TestBatchAnsweredAndPageGroup(t *testing.T) {
+func TestBatchTimesAndPageGroup(t *testing.T) {
 	m := metrics.New()
 	m.BatchAnswered(200 * time.Microsecond)
 	m.BatchAnswered(3 * time.Millisecond)
+	m.QueueWait(10 * time.Microsecond)
+	m.QueueWait(3 * time.Millisecond)
+	m.QueueWait(5 * time.Second) // past the last bucket
 	m.PageGroup(1)
 	m.PageGroup(16)
 	m.PageGroup(5)
@@ -112,6 +115,10 @@ func TestBatchAnsweredAndPageGroup(t *testing.T) {
 		`testsapi_create_batch_seconds_bucket{le="0.002"} 1`,
 		`testsapi_create_batch_seconds_bucket{le="0.004"} 2`,
 		`testsapi_create_batch_seconds_count 2`,
+		`testsapi_create_queue_seconds_bucket{le="6.25e-05"} 1`,
+		`testsapi_create_queue_seconds_bucket{le="0.004"} 2`,
+		`testsapi_create_queue_seconds_bucket{le="2.048"} 2`,
+		`testsapi_create_queue_seconds_count 3`,
 		`testsapi_page_group_size_bucket{le="1"} 1`,
 		`testsapi_page_group_size_bucket{le="8"} 2`,
 		`testsapi_page_group_size_bucket{le="16"} 3`,

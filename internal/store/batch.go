@@ -52,6 +52,15 @@ func OnBatchAnswered(fn func(took time.Duration)) Option {
 	return func(s *Store) { s.creates.onAnswer = fn }
 }
 
+// OnQueueWait has fn called, for each create of a batch just before the
+// batch is sent, with how long that create waited in the queue: the part
+// of a create's time that group commit adds (a create that finds a flight
+// free waits microseconds). Like OnBatch's, fn runs on the batch's
+// goroutine.
+func OnQueueWait(fn func(waited time.Duration)) Option {
+	return func(s *Store) { s.creates.onWait = fn }
+}
+
 // QueueTimeout bounds how long a create waits in the queue for its batch to
 // be sent, and a page query for its grouped statement (pagegroup.go): after
 // d it answers ErrUnavailable, as a request waiting for a pool connection
@@ -77,9 +86,10 @@ func (s *Store) Close() {
 
 // createReq is one Create waiting for its batch.
 type createReq struct {
-	ctx  context.Context
-	name string
-	done chan createResult // buffered: a batch never waits for a create that gave up
+	ctx    context.Context
+	name   string
+	done   chan createResult // buffered: a batch never waits for a create that gave up
+	queued time.Time         // when it was queued
 
 	sent    bool // taken into a batch; guarded by batcher.mu
 	dropped bool // gave up waiting in the queue; guarded by batcher.mu
@@ -96,6 +106,7 @@ type batcher struct {
 	classify     func(error) error // the Store's, which reports errors to ObserveErrors
 	onBatch      func(size, flights int)
 	onAnswer     func(took time.Duration)
+	onWait       func(waited time.Duration)
 	tracer       trace.Tracer // see Tracing; nil means no batch spans
 	queueTimeout time.Duration
 	maxFlights   int // at most this many flights: half the pool, leaving the rest for reads
@@ -113,7 +124,7 @@ type batcher struct {
 // the queue; one whose ctx ends after its batch was sent gets ctx's error,
 // and its row may or may not be stored: it was never acknowledged.
 func (b *batcher) do(ctx context.Context, name string) (Test, error) {
-	r := &createReq{ctx: ctx, name: name, done: make(chan createResult, 1)}
+	r := &createReq{ctx: ctx, name: name, done: make(chan createResult, 1), queued: time.Now()}
 	if err := b.enqueue(r); err != nil {
 		return Test{}, err
 	}
@@ -238,6 +249,11 @@ func (b *batcher) send(batch []*createReq, flights int) {
 		ctx, span = b.traceBatch(ctx, batch, flights)
 	}
 	start := time.Now()
+	if b.onWait != nil {
+		for _, r := range batch {
+			b.onWait(start.Sub(r.queued))
+		}
+	}
 	created, err := b.insert(ctx, names)
 	took := time.Since(start)
 	if b.onAnswer != nil {

@@ -347,6 +347,45 @@ func TestBatchQueueTimeout(t *testing.T) {
 	e.wantBatches(t) // the blockers' only
 }
 
+// TestBatchQueueWait: OnQueueWait reports, for each create, how long it
+// waited in the queue: next to nothing for a create that found a flight
+// free, at least the time the flights were held for creates that queued
+// behind them.
+func TestBatchQueueWait(t *testing.T) {
+	var mu sync.Mutex
+	var waits []time.Duration
+	e := mustBatchEnv(t, dbtest.NewSchema(t), store.OnQueueWait(func(d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		waits = append(waits, d)
+	}))
+	const hold = time.Second
+	release := e.begin(t, `LOCK TABLE test IN ACCESS EXCLUSIVE MODE`)
+	blockers := e.occupyFlights(t, t.Context(), "blocker")
+	queued := e.queue(t, t.Context(), "a", "b", "c")
+	time.Sleep(hold)
+	release()
+	for _, ch := range append(blockers, queued...) {
+		if r := recv(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	e.wantBatches(t, 3)
+	mu.Lock()
+	defer mu.Unlock()
+	// Reported as each batch is sent: the blockers' first, one each.
+	if len(waits) != store.StartFlights+3 {
+		t.Fatalf("%d waits reported %v, want one for each of %d blockers and 3 queued creates", len(waits), waits, store.StartFlights)
+	}
+	for i, d := range waits {
+		if blocker := i < store.StartFlights; blocker && d >= hold/2 {
+			t.Errorf("create %d found a flight free but waited %s", i, d)
+		} else if !blocker && d < hold {
+			t.Errorf("create %d queued behind the held flights for at least %s but waited %s", i, hold, d)
+		}
+	}
+}
+
 // TestBatchCancelledAfterSend: a create cancelled once its batch is at the
 // server gets its context error at once; the statement goes on for its
 // batch-mates (so the cancelled row lands, never acknowledged).
