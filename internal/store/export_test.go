@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Group-commit internals for the tests in package store_test.
@@ -44,8 +45,9 @@ func (s *Store) Queued() int {
 	return len(s.creates.queue)
 }
 
-// PageReadFunc is the query List's coalescing runs.
-type PageReadFunc = func(ctx context.Context, after int64, limit int) ([]Test, error)
+// PageReadFunc is the query List's coalescing runs: a page, and how long
+// its statement took.
+type PageReadFunc = func(ctx context.Context, after int64, limit int) ([]Test, time.Duration, error)
 
 // WrapPageRead wraps that query, for tests that hold or watch it.
 func (s *Store) WrapPageRead(wrap func(next PageReadFunc) PageReadFunc) {
@@ -70,6 +72,21 @@ func (s *Store) PageFlights() int {
 	s.pages.mu.Lock()
 	defer s.pages.mu.Unlock()
 	return len(s.pages.flights)
+}
+
+// PageKeyFlights returns how many queries of one page may run at once now,
+// from the page reader's floor.
+func (s *Store) PageKeyFlights() int {
+	s.pages.mu.Lock()
+	defer s.pages.mu.Unlock()
+	return max(1, s.pages.allowed)
+}
+
+// PagesQueued returns how many page queries wait for a grouped statement.
+func (s *Store) PagesQueued() int {
+	s.groups.mu.Lock()
+	defer s.groups.mu.Unlock()
+	return len(s.groups.queue)
 }
 
 // ForceDialect makes the store take dialect d's path whatever server it

@@ -82,9 +82,10 @@ type pageGroup struct {
 type groupRead struct {
 	ctx  context.Context
 	k    pageKey
-	done chan struct{} // closed once rows and err are set
+	done chan struct{} // closed once rows, err and took are set
 	rows []Test
 	err  error
+	took time.Duration // the statement's time; 0 if it failed
 
 	sent    bool // taken into a statement; guarded by pageGroup.mu
 	dropped bool // gave up waiting in the queue; guarded by pageGroup.mu
@@ -95,10 +96,16 @@ type groupRead struct {
 var errPageQueueTimeout = fmt.Errorf("%w: timed out waiting for a page statement", ErrUnavailable)
 
 // read returns the page for after and limit, from a statement of its own
-// or one it shares with other pages, sent after read was called.
-func (g *pageGroup) read(ctx context.Context, after int64, limit int) ([]Test, error) {
+// or one it shares with other pages, sent after read was called, and how
+// long that statement took (0 if it failed), not counting the wait for it.
+func (g *pageGroup) read(ctx context.Context, after int64, limit int) ([]Test, time.Duration, error) {
 	if !g.on.Load() || limit <= 0 {
-		return g.one(ctx, after, limit)
+		start := time.Now()
+		rows, err := g.one(ctx, after, limit)
+		if err != nil {
+			return nil, 0, err
+		}
+		return rows, time.Since(start), nil
 	}
 	r := &groupRead{ctx: ctx, k: pageKey{after, limit}, done: make(chan struct{})}
 	g.mu.Lock()
@@ -114,7 +121,7 @@ func (g *pageGroup) read(ctx context.Context, after int64, limit int) ([]Test, e
 		if next := g.next(g.run(batch)); next != nil {
 			go g.fly(next)
 		}
-		return r.rows, r.err
+		return r.rows, r.took, r.err
 	}
 	g.queue = append(g.queue, r)
 	g.mu.Unlock()
@@ -131,15 +138,15 @@ func (g *pageGroup) read(ctx context.Context, after int64, limit int) ([]Test, e
 	for {
 		select {
 		case <-r.done:
-			return r.rows, r.err
+			return r.rows, r.took, r.err
 		case <-ctx.Done():
 			select {
 			case <-r.done: // answered as ctx ended: the answer is the truth
-				return r.rows, r.err
+				return r.rows, r.took, r.err
 			default:
 				// Left in the queue, it is skipped when its turn comes; in a
 				// statement, the statement goes on for the others.
-				return nil, ctx.Err()
+				return nil, 0, ctx.Err()
 			}
 		case <-queueTimeout:
 			g.mu.Lock()
@@ -147,7 +154,7 @@ func (g *pageGroup) read(ctx context.Context, after int64, limit int) ([]Test, e
 			r.dropped = !sent
 			g.mu.Unlock()
 			if !sent {
-				return nil, errPageQueueTimeout
+				return nil, 0, errPageQueueTimeout
 			}
 			queueTimeout = nil // in a statement: wait for its answer
 		}
@@ -227,10 +234,11 @@ func (g *pageGroup) run(batch []*groupRead) time.Duration {
 		r := batch[0]
 		r.rows, r.err = g.one(r.ctx, r.k.after, r.k.limit)
 		took := time.Since(start)
-		close(r.done)
 		if r.err != nil {
-			return 0
+			took = 0
 		}
+		r.took = took
+		close(r.done)
 		return took
 	}
 	// The values (a trace) of the first read; the end of all of them.
@@ -242,16 +250,17 @@ func (g *pageGroup) run(batch []*groupRead) time.Duration {
 	}
 	pages, err := g.many(ctx, keys)
 	took := time.Since(start)
+	if err != nil {
+		took = 0
+	}
 	for i, r := range batch {
 		if err != nil {
 			r.err = err
 		} else {
 			r.rows = pages[i]
 		}
+		r.took = took
 		close(r.done)
-	}
-	if err != nil {
-		return 0
 	}
 	return took
 }

@@ -200,15 +200,7 @@ func TestListGroupQueueTimeout(t *testing.T) {
 	if _, _, err := st.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	lock := mustPool(t, url, nil)
-	tx, err := lock.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.WithoutCancel(t.Context()))
-	if _, err := tx.Exec(t.Context(), `LOCK TABLE test IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	_, release := lockTable(t, url)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	// The two flights the store starts with wait on the lock.
@@ -236,6 +228,70 @@ func TestListGroupQueueTimeout(t *testing.T) {
 	if !slices.Equal(sent, []int{1, 1}) {
 		t.Errorf("statements sent: %v; want [1 1], the queued pages never sent", sent)
 	}
-	_ = tx.Rollback(t.Context())
+	release()
 	wg.Wait()
+}
+
+// TestListGroupWaitNotFloor: a page query's wait in the queue for a grouped
+// statement is load, not round trip, and does not count in the floor that
+// sets how many queries of one page may run at once. Behind statements
+// held by a locked table, a page queues for a second; its own statement
+// then takes a millisecond or so, and the floor stays at that: one query
+// per page at a time, as on any database next door.
+func TestListGroupWaitNotFloor(t *testing.T) {
+	url := dbtest.NewSchema(t)
+	st := store.New(mustPool(t, url, func(cfg *pgxpool.Config) { cfg.MaxConns = 8 }))
+	t.Cleanup(st.Close)
+	if _, _, err := st.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	lock, release := lockTable(t, url)
+	ctx, cancel := context.WithTimeout(t.Context(), within)
+	defer cancel()
+	var wg sync.WaitGroup
+	list := func(after int64) {
+		wg.Go(func() {
+			if _, err := st.List(ctx, after, 10); err != nil {
+				t.Errorf("List(%d): %v", after, err)
+			}
+		})
+	}
+	// The two flights the store starts with wait on the lock; the third
+	// page waits in the queue.
+	list(0)
+	list(10)
+	dbtest.WaitFor(t, "two page statements waiting on the lock", within, func() bool {
+		n, err := dbtest.LockWaits(t.Context(), lock, "test")
+		return err == nil && n == 2 && st.PageFlights() == 2
+	})
+	list(20)
+	dbtest.WaitFor(t, "a page query queued", within, func() bool { return st.PagesQueued() == 1 })
+	const hold = time.Second
+	time.Sleep(hold)
+	release()
+	wg.Wait()
+	// Every statement of this store so far: two held for a second, one
+	// quick. The floor is the quick one, unless the queued page's wait
+	// counted: then it is about a second, and that is many flights.
+	if n := st.PageKeyFlights(); n != 1 {
+		t.Errorf("queries of one page allowed at once after a page queued for %s: %d, want 1", hold, n)
+	}
+}
+
+// lockTable locks table test of url's schema in a transaction of its own,
+// and returns the pool it runs on and the release of the lock (also done
+// at cleanup).
+func lockTable(t *testing.T, url string) (*pgxpool.Pool, func()) {
+	t.Helper()
+	pool := mustPool(t, url, nil)
+	tx, err := pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := func() { _ = tx.Rollback(context.WithoutCancel(t.Context())) }
+	t.Cleanup(release)
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE test IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	return pool, release
 }

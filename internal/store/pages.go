@@ -59,7 +59,10 @@ type pageRead struct {
 }
 
 type pageReader struct {
-	read     func(ctx context.Context, after int64, limit int) ([]Test, error)
+	// read returns a page and how long its statement took (0 if it
+	// failed): not counting a wait for a grouped statement (pagegroup.go),
+	// which is load, not the round trip the floor is made of.
+	read     func(ctx context.Context, after int64, limit int) ([]Test, time.Duration, error)
 	classify func(error) error // the Store's
 	onRead   func(readers int)
 
@@ -180,9 +183,8 @@ func (p *pageReader) query(k pageKey, pr *pageRead) time.Duration {
 	}
 	// A query whose reads have all left already has a cancelled context
 	// and fails at once.
-	start := time.Now()
-	pr.rows, pr.err = p.read(pr.ctx, k.after, k.limit)
-	took := time.Since(start)
+	var took time.Duration
+	pr.rows, took, pr.err = p.read(pr.ctx, k.after, k.limit)
 	pr.cancel()
 	close(pr.done)
 	if pr.err != nil {

@@ -43,19 +43,19 @@ func mustPageEnv(t *testing.T) *pageEnv {
 		t.Fatal(err)
 	}
 	e.st.WrapPageRead(func(next store.PageReadFunc) store.PageReadFunc {
-		return func(ctx context.Context, after int64, limit int) ([]store.Test, error) {
-			rows, err := next(ctx, after, limit)
+		return func(ctx context.Context, after int64, limit int) ([]store.Test, time.Duration, error) {
+			rows, took, err := next(ctx, after, limit)
 			e.ran <- struct{}{}
 			select {
 			case <-e.release:
 				if ctx.Err() != nil {
-					return nil, ctx.Err() // cancelled while held
+					return nil, 0, ctx.Err() // cancelled while held
 				}
-				return rows, err
+				return rows, took, err
 			case <-ctx.Done():
 				// Cancelled, as a query still at the server would be (and
 				// nobody would release it).
-				return nil, ctx.Err()
+				return nil, 0, ctx.Err()
 			}
 		}
 	})
@@ -298,7 +298,7 @@ func TestListFlightsAdaptToLatency(t *testing.T) {
 	}
 	var running, most atomic.Int64
 	st.WrapPageRead(func(next store.PageReadFunc) store.PageReadFunc {
-		return func(ctx context.Context, after int64, limit int) ([]store.Test, error) {
+		return func(ctx context.Context, after int64, limit int) ([]store.Test, time.Duration, error) {
 			n := running.Add(1)
 			defer running.Add(-1)
 			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
