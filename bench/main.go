@@ -263,7 +263,13 @@ func (lv level) String() string {
 	if lv.latency == 0 {
 		return "on loopback, direct"
 	}
-	return fmt.Sprintf("through the proxy, %s ±%s each way", lv.latency, lv.jitter)
+	if lv.jitter == 0 {
+		return fmt.Sprintf("through the proxy, %s each way", lv.latency)
+	}
+	// toxiproxy adds rand.Int63n(2*jitter) - jitter whole milliseconds:
+	// never the top of the range.
+	return fmt.Sprintf("through the proxy, %s ±%s each way (toxiproxy draws %s to %s)", lv.latency, lv.jitter,
+		lv.latency-lv.jitter, lv.latency+lv.jitter-time.Millisecond)
 }
 
 // runLevel starts a server against url (the database, or the proxy in
