@@ -172,7 +172,7 @@ func run(ctx context.Context, stopSignals func(), stdout io.Writer) error {
 				return err
 			}
 			go purgeKeys(ctx, log, st, cfg.IdempotencyTTL)
-			waitFeed = startFeed(feedCtx, log, st, feed, m, poolCfg.ConnConfig.Config.Copy(), cfg)
+			waitFeed = startFeed(feedCtx, log, st, feed, m, pool.ConnConfig(), cfg)
 		case <-ctx.Done():
 		}
 	}

@@ -68,6 +68,9 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg *pgconn.Config, slot str
 	if !s.ready.Load() {
 		return errNotMigrated
 	}
+	if err := s.ensureReplicaIdentity(ctx); err != nil {
+		return err
+	}
 	if err := s.ensurePublication(ctx, slot); err != nil {
 		return err
 	}
@@ -182,6 +185,34 @@ func (s *Store) bounded(ctx context.Context, what string, fn func(ctx context.Co
 // need not wait for their next poll. fn must be quick.
 func OnChanges(fn func()) Option {
 	return func(s *Store) { s.onChanges = fn }
+}
+
+// ensureReplicaIdentity gives table test REPLICA IDENTITY DEFAULT unless
+// it has DEFAULT or FULL, the identities under which the stream carries
+// each new row whole and the id of each row updated or deleted, as row
+// reads them. YSQL gives a table it creates its own identity, CHANGE
+// (only the columns that changed), unless the yb-tserver flag
+// ysql_yb_default_replica_identity said otherwise when the table was
+// made: a table made before the compose files set the flag, or by
+// SQLAlchemy on a cluster without it, has CHANGE, which pgoutput does not
+// support (docs: change-data-capture/using-logical-replication/
+// key-concepts, "Output plugin", "Replica identity"). YugabyteDB fixes a
+// slot's identities when the slot is made, so this runs before ensureSlot.
+// On PostgreSQL, NOTHING (or an index on name) would leave the consumer no
+// id for a delete, and once the table is published NOTHING fails every
+// UPDATE and DELETE of it (55000).
+func (s *Store) ensureReplicaIdentity(ctx context.Context) error {
+	var ident string
+	err := s.bounded(ctx, "look up replica identity", func(ctx context.Context) error {
+		return s.pool.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = 'test'::regclass`).Scan(&ident)
+	})
+	if err != nil || ident == "d" || ident == "f" {
+		return err
+	}
+	return s.bounded(ctx, "set replica identity", func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, `ALTER TABLE test REPLICA IDENTITY DEFAULT`)
+		return err
+	})
 }
 
 // ensurePublication creates the publication of table test named name, if

@@ -365,3 +365,30 @@ func TestConsumeSlotMadeByAnother(t *testing.T) {
 		t.Fatalf("recorded %+v", cs)
 	}
 }
+
+// TestConsumeSetsReplicaIdentity: a table test whose replica identity
+// gives the stream no id of a deleted row (YugabyteDB's CHANGE, which
+// pgoutput does not support; on PostgreSQL NOTHING, with which a published
+// table refuses every UPDATE and DELETE) gets REPLICA IDENTITY DEFAULT
+// before the slot is made, and its renames and deletes are recorded.
+func TestConsumeSetsReplicaIdentity(t *testing.T) {
+	e := mustFeedEnv(t)
+	e.exec(t, `ALTER TABLE test REPLICA IDENTITY NOTHING`)
+	e.consume(t, e.slot)
+	e.exec(t,
+		`INSERT INTO test (id, name) VALUES (1, 'a')`,
+		`UPDATE test SET name = 'b' WHERE id = 1`,
+		`DELETE FROM test WHERE id = 1`)
+	mustRecorded(t, e.mustChanges(t, 0, 3), []kindRow{
+		{store.KindCreate, store.Test{ID: 1, Name: "a"}},
+		{store.KindRename, store.Test{ID: 1, Name: "b"}},
+		{store.KindDelete, store.Test{ID: 1}},
+	})
+	var ident string
+	if err := e.pool.QueryRow(t.Context(), `SELECT relreplident::text FROM pg_class WHERE oid = 'test'::regclass`).Scan(&ident); err != nil {
+		t.Fatal(err)
+	}
+	if ident != "d" {
+		t.Errorf("replica identity %q, want d (DEFAULT)", ident)
+	}
+}

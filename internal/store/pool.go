@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -146,6 +147,15 @@ func NewPool(ctx context.Context, cfg *pgxpool.Config, opts ...PoolOption) (*Poo
 	}
 	go p.checkIdle(checkCtx, o.idlePing, timeout)
 	return p, nil
+}
+
+// ConnConfig returns a copy of the settings the pool's connections are
+// made with, its dialer (TCPKeepAlive, TCPUserTimeout) included, for a
+// connection outside the pool: the change feed's replication connection,
+// which the kernel must drop as it drops the pool's when the database's
+// host vanishes. The config NewPool was given has no such dialer.
+func (p *Pool) ConnConfig() *pgconn.Config {
+	return p.Config().ConnConfig.Config.Copy()
 }
 
 // Close stops the idle check and closes the pool.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/dbtest"
 	"github.com/ybrest/testsapi/internal/store"
@@ -77,5 +78,34 @@ func TestPoolSocketOptions(t *testing.T) {
 		if got != w {
 			t.Errorf("socket options %+v, want %+v", got, w)
 		}
+	}
+}
+
+// TestConnConfigSocketOptions: a connection made outside the pool from
+// Pool.ConnConfig (the change feed's replication connection) carries the
+// pool's TCP keepalive and TCP_USER_TIMEOUT, where one made from the
+// config NewPool was given carries neither.
+func TestConnConfigSocketOptions(t *testing.T) {
+	t.Parallel()
+	url := dbtest.NewSchema(t)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := store.NewPool(t.Context(), cfg, store.TCPKeepAlive(2*time.Second), store.TCPUserTimeout(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	repl := pool.ConnConfig()
+	repl.RuntimeParams["replication"] = "database" // as ConsumeChanges connects
+	conn, err := pgconn.ConnectConfig(t.Context(), repl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	want := socketOptions{keepAlive: true, idle: 2, interval: 2, count: 3, userTimeoutMs: 3000}
+	if got := socketOptionsOf(t, conn.Conn()); got != want {
+		t.Errorf("socket options %+v, want %+v", got, want)
 	}
 }
