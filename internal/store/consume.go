@@ -152,6 +152,29 @@ func ConsumeTimeout(d time.Duration) Option {
 	return func(s *Store) { s.consumeTimeout = d }
 }
 
+// recordingIdleTimeout is the recording transaction's
+// idle_in_transaction_session_timeout for a ConsumeTimeout of d (0:
+// none), and recordingKeepAlive how long the consumer leaves it idle
+// before it runs a statement on it to say it lives (see keepAlive). A
+// statement sent after d/2 reaches the server within d, or the consumer
+// gives up on the connection: a live consumer's transaction is idle at
+// most 1.5 d, and 2 d leaves d/2 for its own pauses.
+//
+// Why the database must end the transaction itself: a connection that
+// hangs after the state row's lock is taken (a blackhole, the client's
+// FIN lost) leaves the server's session, and the lock, until the server's
+// TCP keepalive notices, two hours by default; every consumer started
+// again meanwhile waits on the lock and gives up. The server's keepalive
+// cannot be relied on instead: a proxy or balancer in between (a
+// connection pooler, toxiproxy in the tests) answers its probes itself.
+func recordingIdleTimeout(d time.Duration) time.Duration {
+	return 2 * d
+}
+
+func recordingKeepAlive(d time.Duration) time.Duration {
+	return d / 2
+}
+
 // roundTrip returns ctx bounded by ConsumeTimeout, for one round trip of
 // the consumer.
 func (s *Store) roundTrip(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -299,9 +322,10 @@ type consumer struct {
 	replyWait time.Duration
 	inTx      bool // between a BEGIN and its COMMIT
 	begin     *pglogrepl.BeginMessage
-	tx        pgx.Tx // the recording transaction, from the first change on
-	skip      bool   // this transaction was recorded before
-	seq       int64  // the last seq written in tx
+	tx        pgx.Tx    // the recording transaction, from the first change on
+	txUsed    time.Time // when tx's last statement ended
+	skip      bool      // this transaction was recorded before
+	seq       int64     // the last seq written in tx
 	batch     []Change
 
 	// Transactions whose COMMIT has come and whose changes are written in
@@ -322,7 +346,13 @@ func (c *consumer) run(ctx context.Context) error {
 			}
 			nextStatus = time.Now().Add(statusInterval)
 		}
+		if err := c.keepAlive(ctx); err != nil {
+			return err
+		}
 		deadline := nextStatus
+		if keep, ok := c.keepAliveCheck(); ok && keep.Before(deadline) {
+			deadline = keep
+		}
 		if c.pending > 0 && !c.inTx {
 			deadline = c.pendingSince.Add(groupDelay)
 		}
@@ -542,12 +572,20 @@ func (c *consumer) add(ctx context.Context, kind string, row Test) error {
 }
 
 // open starts the recording transaction: it locks the state row (a second
-// consumer, say one whose connection the database has not yet noticed is
-// gone, waits here) and decides whether the transaction is new.
+// consumer, say one whose connection hung holding the lock, waits here
+// until the database ends that one's transaction: see
+// recordingIdleTimeout) and decides whether the transaction is new.
 func (c *consumer) open(ctx context.Context) error {
+	opts := pgx.TxOptions{}
+	if idle := recordingIdleTimeout(c.s.consumeTimeout); idle > 0 {
+		// In BEGIN's own round trip (pgx sends it as one simple query);
+		// SET LOCAL: the pool's other transactions keep the server's
+		// setting.
+		opts.BeginQuery = fmt.Sprintf("BEGIN; SET LOCAL idle_in_transaction_session_timeout = %d", idle.Milliseconds())
+	}
 	var tx pgx.Tx
 	err := c.s.bounded(ctx, "begin recording", func(ctx context.Context) (err error) {
-		tx, err = c.s.pool.BeginTx(ctx, pgx.TxOptions{})
+		tx, err = c.s.pool.BeginTx(ctx, opts)
 		return err
 	})
 	if err != nil {
@@ -566,6 +604,7 @@ FOR UPDATE`
 	if err != nil {
 		return err
 	}
+	c.txUsed = time.Now()
 	if uint64(c.begin.FinalLSN) <= uint64(lastLSN) {
 		// Recorded before this session: sent again because the slot had
 		// not been told.
@@ -605,6 +644,7 @@ FROM unnest($5::text[], $6::integer[], $7::text[]) WITH ORDINALITY AS c(kind, id
 	if err != nil {
 		return err
 	}
+	c.txUsed = time.Now()
 	c.seq += int64(len(c.batch))
 	c.batch = c.batch[:0]
 	return nil
@@ -640,6 +680,35 @@ WHERE id = 1`
 		c.s.onChanges()
 	}
 	return c.status(ctx)
+}
+
+// keepAliveCheck returns when keepAlive has next something to do, and
+// false when nothing (no recording transaction, or no ConsumeTimeout).
+func (c *consumer) keepAliveCheck() (time.Time, bool) {
+	keep := recordingKeepAlive(c.s.consumeTimeout)
+	if c.tx == nil || keep <= 0 {
+		return time.Time{}, false
+	}
+	return c.txUsed.Add(keep), true
+}
+
+// keepAlive runs a statement on the recording transaction once it has
+// been idle for recordingKeepAlive, so that a live consumer's transaction
+// outlives recordingIdleTimeout while it waits for the stream: the rest
+// of a transaction may take long to come (the server decodes a large
+// one, changes to other tables included, before its COMMIT), and a
+// transaction ended there would be sent, and ended, again.
+func (c *consumer) keepAlive(ctx context.Context) error {
+	check, ok := c.keepAliveCheck()
+	if !ok || time.Now().Before(check) {
+		return nil
+	}
+	err := c.s.bounded(ctx, "keep recording open", func(ctx context.Context) error {
+		_, err := c.tx.Exec(ctx, `SELECT 1`)
+		return err
+	})
+	c.txUsed = time.Now()
+	return err
 }
 
 // rollback ends the recording transaction, if any, without recording:

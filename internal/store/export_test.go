@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Group-commit internals for the tests in package store_test.
@@ -163,4 +164,9 @@ func ParseSnapshot(snap, lsn string) (Snapshot, error) {
 	sn := Snapshot{exact: true}
 	err := sn.parse(snap, lsn)
 	return sn, err
+}
+
+// RecordingIdleTimeout is recordingIdleTimeout, for the fault tests' bounds.
+func RecordingIdleTimeout(consumeTimeout time.Duration) time.Duration {
+	return recordingIdleTimeout(consumeTimeout)
 }
