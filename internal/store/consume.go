@@ -146,8 +146,9 @@ func (s *Store) walSenderTimeout(ctx context.Context, conn *pgconn.PgConn) time.
 // and ConsumeChanges returns ErrUnavailable, for the caller to call it
 // again. Without it a connection that hangs (a blackhole: data
 // swallowed, the connection left open) stalls the consumer for ever,
-// holding the slot, so that no instance records changes. Zero, the
-// default, means no bound.
+// holding the slot, so that no instance records changes. The recording
+// transaction is also ended by the database once idle for twice d (see
+// recordingIdleTimeout). Zero, the default, means no bound.
 func ConsumeTimeout(d time.Duration) Option {
 	return func(s *Store) { s.consumeTimeout = d }
 }
