@@ -146,7 +146,9 @@ func (s *Store) walSenderTimeout(ctx context.Context, conn *pgconn.PgConn) time.
 // and ConsumeChanges returns ErrUnavailable, for the caller to call it
 // again. Without it a connection that hangs (a blackhole: data
 // swallowed, the connection left open) stalls the consumer for ever,
-// holding the slot, so that no instance records changes. The recording
+// holding the slot, so that no instance records changes. Creating the
+// slot waits for as long as the database takes, but not for a connection
+// that hangs (see createSlot). The recording
 // transaction is also ended by the database once idle for twice d (see
 // recordingIdleTimeout). Zero, the default, means no bound.
 func ConsumeTimeout(d time.Duration) Option {
@@ -259,14 +261,22 @@ func (s *Store) ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string
 			return fmt.Errorf("drop lost replication slot: %w", s.classify(err))
 		}
 	}
-	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
-		Mode:           pglogrepl.LogicalReplication,
-		SnapshotAction: "NOEXPORT_SNAPSHOT",
-	})
+	err = s.createSlot(ctx, conn, slot)
 	if sqlstate(err) == pgerrcode.DuplicateObject {
 		return ErrSlotBusy // another instance made it just now, and streams it
 	}
 	if err != nil {
+		// A command whose answer was lost may have made the slot: drop it
+		// if no one streams it, so that the next attempt makes it again
+		// and records the gap after a lost one (a slot found would be
+		// taken as recorded). If this fails too, that attempt finds it.
+		_ = s.bounded(context.WithoutCancel(ctx), "drop unrecorded replication slot", func(ctx context.Context) error {
+			_, err := s.pool.Exec(ctx, `
+SELECT pg_drop_replication_slot(slot_name)
+FROM pg_replication_slots
+WHERE slot_name = $1 AND NOT active`, slot)
+			return err
+		})
 		return fmt.Errorf("create replication slot: %w", s.classify(err))
 	}
 	const q = `
@@ -286,6 +296,69 @@ WHERE id = 1`
 		_ = pglogrepl.DropReplicationSlot(context.WithoutCancel(ctx), conn, slot, pglogrepl.DropReplicationSlotOptions{})
 	}
 	return err
+}
+
+// createSlot runs CREATE_REPLICATION_SLOT for slot on conn. The command
+// has no time bound: the database makes a logical slot once every
+// transaction that was running when it began has ended, which may rightly
+// take as long as the longest of them. What is bounded is a connection
+// that hangs: every ConsumeTimeout the consumer looks, on its pool, at
+// conn's session, and once the database has been done with the command
+// (the session no longer runs it, or is gone) for a look with no answer
+// come, it gives up. On YugabyteDB a session that is not listed is taken
+// to be still at work, since its walsenders need not show there.
+func (s *Store) createSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
+	create := func(ctx context.Context) error {
+		_, err := pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+			Mode:           pglogrepl.LogicalReplication,
+			SnapshotAction: "NOEXPORT_SNAPSHOT",
+		})
+		return err
+	}
+	if s.consumeTimeout <= 0 {
+		return create(ctx)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- create(ctx) }()
+	// stop cuts the command (pgconn then closes conn) and waits for it.
+	stop := func(err error) error {
+		cancel()
+		<-done
+		return err
+	}
+	yb := DetectDialect(conn.ParameterStatus("server_version")) == YugabyteDB
+	tick := time.NewTicker(s.consumeTimeout)
+	defer tick.Stop()
+	var finished time.Time // when the session was first seen done with it
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+		}
+		select {
+		case err := <-done: // come with the tick
+			return err
+		default:
+		}
+		lookCtx, cancelLook := s.roundTrip(ctx)
+		rows, _ := s.pool.Query(lookCtx, `SELECT state = 'active' FROM pg_stat_activity WHERE pid = $1`, conn.PID())
+		active, err := pgx.CollectRows(rows, pgx.RowTo[bool])
+		cancelLook()
+		switch {
+		case err != nil:
+			return stop(fmt.Errorf("look up the replication session: %w", err))
+		case len(active) == 1 && active[0], len(active) == 0 && yb:
+			finished = time.Time{}
+		case finished.IsZero():
+			finished = time.Now()
+		default:
+			return stop(fmt.Errorf("the database was done with it %s ago and no answer came: %w",
+				time.Since(finished).Round(time.Millisecond), context.DeadlineExceeded))
+		}
+	}
 }
 
 // DropSlot drops replication slot name and its publication if they exist

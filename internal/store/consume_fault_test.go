@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ybrest/testsapi/internal/dbtest"
@@ -418,4 +419,119 @@ SELECT lpad(n::text, 255, 'x') FROM generate_series(1, $1) AS n`, rows); err != 
 	default:
 	}
 	f.recordedOnce(t, "after")
+}
+
+// slotCreator is a consumer of a slot not made yet, its replication
+// connection through a proxy, with a transaction (with an id) held open
+// so that the creation of the slot waits for it.
+type slotCreator struct {
+	*faultConsumer
+	held    pgx.Tx
+	started <-chan struct{}
+}
+
+func mustSlotCreator(t *testing.T) *slotCreator {
+	t.Helper()
+	e := mustFeedEnv(t)
+	url := e.pool.Config().ConnString()
+	f := &faultConsumer{feedEnv: e, px: dbtest.NewProxy(t, url), stopped: make(chan error, 100)}
+	t.Cleanup(f.px.Clear)
+	f.rec, _ = mustStore(t, url, store.ConsumeTimeout(faultConsumeTimeout))
+	if _, _, err := f.rec.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if f.repl, err = pgconn.ParseConfig(f.px.URL(url)); err != nil {
+		t.Fatal(err)
+	}
+	f.repl.ConnectTimeout = faultConsumeTimeout
+	f.repl.RuntimeParams["wal_sender_timeout"] = "0"
+	held, err := e.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = held.Rollback(context.Background()) })
+	if _, err := held.Exec(t.Context(), `SELECT txid_current()`); err != nil {
+		t.Fatal(err)
+	}
+	c := &slotCreator{faultConsumer: f, held: held}
+	c.started, _ = runConsumer(t, f.rec, f.repl, f.slot, func(err error) {
+		select {
+		case f.stopped <- err:
+		default:
+		}
+	})
+	dbtest.WaitFor(t, "the slot's creation waiting", 10*time.Second, func() bool {
+		var n int
+		err := e.pool.QueryRow(t.Context(), `
+SELECT count(*) FROM pg_stat_activity
+WHERE backend_type = 'walsender' AND state = 'active' AND query LIKE 'CREATE_REPLICATION_SLOT ' || $1 || ' %'`, f.slot).Scan(&n)
+		return err == nil && n == 1
+	})
+	return c
+}
+
+// TestConsumeSlotCreationWaits: creating the slot waits for a transaction
+// that was running when it began, here for three ConsumeTimeouts; the
+// consumer waits with it (its connection is alive and the database still
+// at work), without giving up, and streams once the transaction ends.
+func TestConsumeSlotCreationWaits(t *testing.T) {
+	c := mustSlotCreator(t)
+	select {
+	case err := <-c.stopped:
+		t.Fatalf("the consumer gave up while the slot's creation rightly waited: %v", err)
+	case <-c.started:
+		t.Fatal("the consumer streamed before the transaction running at the slot's creation ended")
+	case <-time.After(3 * faultConsumeTimeout):
+	}
+	if err := c.held.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitStreaming(t, c.started, c.slot)
+	t.Logf("streaming %s after the transaction ended", time.Since(start).Round(time.Millisecond))
+	c.insert(t, "after")
+	c.mustChanges(t, 0, 1)
+}
+
+// TestConsumeSlotCreationHangs: the replication connection goes silent (a
+// blackhole) while the slot's creation waits for a transaction; the
+// transaction ends, the database makes the slot and its answer is lost.
+// The consumer sees its session done with the command and, a
+// ConsumeTimeout later still without an answer, gives up (within two
+// ConsumeTimeouts and a margin after the database was done), instead of
+// waiting for ever; once the network is back it streams the slot made.
+func TestConsumeSlotCreationHangs(t *testing.T) {
+	c := mustSlotCreator(t)
+	if err := c.px.Blackhole(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.held.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	within := 2*faultConsumeTimeout + faultConsumeMargin
+	select {
+	case err := <-c.stopped:
+		if !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("the consumer stopped with %v, want ErrUnavailable", err)
+		}
+		t.Logf("the consumer gave up %s after the slot was made: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(within):
+		t.Fatalf("the consumer had not given up %s after the slot was made with its answer lost", within)
+	}
+	c.px.Clear()
+	waitStreaming(t, c.started, c.slot)
+	c.insert(t, "after")
+	mustRecorded(t, c.mustChanges(t, 0, 1), []kindRow{{store.KindCreate, store.Test{ID: mustID(t, c.feedEnv, "after"), Name: "after"}}})
+}
+
+// mustID returns the id of the row named name.
+func mustID(t *testing.T, e *feedEnv, name string) int32 {
+	t.Helper()
+	var id int32
+	if err := e.pool.QueryRow(t.Context(), `SELECT id FROM test WHERE name = $1`, name).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
