@@ -48,12 +48,8 @@ type faultConsumer struct {
 // streams.
 func mustFaultConsumer(t *testing.T, pool bool) *faultConsumer {
 	t.Helper()
-	e := mustFeedEnv(t)
-	url := e.pool.Config().ConnString()
-	f := &faultConsumer{feedEnv: e, px: dbtest.NewProxy(t, url), stopped: make(chan error, 100)}
-	// Before the proxy closes (cleanups run last first): the connections
-	// cut while blackholed then close at once.
-	t.Cleanup(f.px.Clear)
+	f := newFaultConsumer(t, mustFeedEnv(t))
+	url := f.pool.Config().ConnString()
 	recURL, replURL := url, url
 	if pool {
 		recURL = f.px.URL(url)
@@ -69,15 +65,31 @@ func mustFaultConsumer(t *testing.T, pool bool) *faultConsumer {
 		t.Fatal(err)
 	}
 	f.repl.ConnectTimeout = faultConsumeTimeout // as cmd/server's DB_CONNECT_TIMEOUT bounds it
+	waitStreaming(t, f.run(t), f.slot)
+	return f
+}
+
+// newFaultConsumer returns e with a proxy to its database, cleared before
+// it closes (cleanups run last first: the connections cut while
+// blackholed then close at once).
+func newFaultConsumer(t *testing.T, e *feedEnv) *faultConsumer {
+	f := &faultConsumer{feedEnv: e, px: dbtest.NewProxy(t, e.pool.Config().ConnString()), stopped: make(chan error, 100)}
+	t.Cleanup(f.px.Clear)
+	return f
+}
+
+// run starts the consumer of f.rec and f.repl, its session's
+// wal_sender_timeout 0 (see faultReplicationSilent), sending each error
+// it stops with on stopped; started gets a value each time it streams.
+func (f *faultConsumer) run(t *testing.T) (started <-chan struct{}) {
 	f.repl.RuntimeParams["wal_sender_timeout"] = "0"
-	started, _ := runConsumer(t, f.rec, f.repl, f.slot, func(err error) {
+	started, _ = runConsumer(t, f.rec, f.repl, f.slot, func(err error) {
 		select {
 		case f.stopped <- err:
 		default:
 		}
 	})
-	waitStreaming(t, started, f.slot)
-	return f
+	return started
 }
 
 // insert commits a row of each name, straight to the database.
@@ -264,9 +276,8 @@ func (d *cutDialer) cutAll(t *testing.T, direct string) {
 // exactly once.
 func TestConsumeHungLockHolder(t *testing.T) {
 	e := mustFeedEnv(t)
+	f := newFaultConsumer(t, e)
 	url := e.pool.Config().ConnString()
-	f := &faultConsumer{feedEnv: e, px: dbtest.NewProxy(t, url), stopped: make(chan error, 100)}
-	t.Cleanup(f.px.Clear)
 	cfg, err := pgxpool.ParseConfig(f.px.URL(url))
 	if err != nil {
 		t.Fatal(err)
@@ -295,14 +306,7 @@ BEGIN
 END $$`, key),
 		`CREATE TRIGGER hold_recording BEFORE INSERT ON test_changes FOR EACH STATEMENT EXECUTE FUNCTION hold_recording()`)
 	f.repl = e.repl.Copy() // straight to the database: the stream keeps working
-	f.repl.RuntimeParams["wal_sender_timeout"] = "0"
-	started, _ := runConsumer(t, f.rec, f.repl, f.slot, func(err error) {
-		select {
-		case f.stopped <- err:
-		default:
-		}
-	})
-	waitStreaming(t, started, f.slot)
+	waitStreaming(t, f.run(t), f.slot)
 	f.insert(t, "before")
 	f.mustChanges(t, 0, 1)
 
@@ -433,9 +437,8 @@ type slotCreator struct {
 func mustSlotCreator(t *testing.T) *slotCreator {
 	t.Helper()
 	e := mustFeedEnv(t)
+	f := newFaultConsumer(t, e)
 	url := e.pool.Config().ConnString()
-	f := &faultConsumer{feedEnv: e, px: dbtest.NewProxy(t, url), stopped: make(chan error, 100)}
-	t.Cleanup(f.px.Clear)
 	f.rec, _ = mustStore(t, url, store.ConsumeTimeout(faultConsumeTimeout))
 	if _, _, err := f.rec.Migrate(t.Context()); err != nil {
 		t.Fatal(err)
@@ -445,7 +448,6 @@ func mustSlotCreator(t *testing.T) *slotCreator {
 		t.Fatal(err)
 	}
 	f.repl.ConnectTimeout = faultConsumeTimeout
-	f.repl.RuntimeParams["wal_sender_timeout"] = "0"
 	held, err := e.pool.Begin(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -454,13 +456,7 @@ func mustSlotCreator(t *testing.T) *slotCreator {
 	if _, err := held.Exec(t.Context(), `SELECT txid_current()`); err != nil {
 		t.Fatal(err)
 	}
-	c := &slotCreator{faultConsumer: f, held: held}
-	c.started, _ = runConsumer(t, f.rec, f.repl, f.slot, func(err error) {
-		select {
-		case f.stopped <- err:
-		default:
-		}
-	})
+	c := &slotCreator{faultConsumer: f, held: held, started: f.run(t)}
 	dbtest.WaitFor(t, "the slot's creation waiting", 10*time.Second, func() bool {
 		var n int
 		err := e.pool.QueryRow(t.Context(), `
