@@ -149,10 +149,36 @@ func (s *Store) walSenderTimeout(ctx context.Context, conn *pgconn.PgConn) time.
 // and ConsumeChanges returns ErrUnavailable, for the caller to call it
 // again. Without it a connection that hangs (a blackhole: data
 // swallowed, the connection left open) stalls the consumer for ever,
-// holding the slot, so that no instance records changes. Zero, the
-// default, means no bound.
+// holding the slot, so that no instance records changes. Creating the
+// slot waits for as long as the database takes, but not for a connection
+// that hangs (see createSlot). The recording
+// transaction is also ended by the database once idle for twice d (see
+// recordingIdleTimeout). Zero, the default, means no bound.
 func ConsumeTimeout(d time.Duration) Option {
 	return func(s *Store) { s.consumeTimeout = d }
+}
+
+// recordingIdleTimeout is the recording transaction's
+// idle_in_transaction_session_timeout for a ConsumeTimeout of d (0:
+// none), and recordingKeepAlive how long the consumer leaves it idle
+// before it runs a statement on it to say it lives (see keepAlive). A
+// statement sent after d/2 reaches the server within d, or the consumer
+// gives up on the connection: a live consumer's transaction is idle at
+// most 1.5 d, and 2 d leaves d/2 for its own pauses.
+//
+// Why the database must end the transaction itself: a connection that
+// hangs after the state row's lock is taken (a blackhole, the client's
+// FIN lost) leaves the server's session, and the lock, until the server's
+// TCP keepalive notices, two hours by default; every consumer started
+// again meanwhile waits on the lock and gives up. The server's keepalive
+// cannot be relied on instead: a proxy or balancer in between (a
+// connection pooler, toxiproxy in the tests) answers its probes itself.
+func recordingIdleTimeout(d time.Duration) time.Duration {
+	return 2 * d
+}
+
+func recordingKeepAlive(d time.Duration) time.Duration {
+	return d / 2
 }
 
 // roundTrip returns ctx bounded by ConsumeTimeout, for one round trip of
@@ -266,14 +292,22 @@ func (s *Store) ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string
 			return fmt.Errorf("drop lost replication slot: %w", s.classify(err))
 		}
 	}
-	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
-		Mode:           pglogrepl.LogicalReplication,
-		SnapshotAction: "NOEXPORT_SNAPSHOT",
-	})
+	err = s.createSlot(ctx, conn, slot)
 	if sqlstate(err) == pgerrcode.DuplicateObject {
 		return ErrSlotBusy // another instance made it just now, and streams it
 	}
 	if err != nil {
+		// A command whose answer was lost may have made the slot: drop it
+		// if no one streams it, so that the next attempt makes it again
+		// and records the gap after a lost one (a slot found would be
+		// taken as recorded). If this fails too, that attempt finds it.
+		_ = s.bounded(context.WithoutCancel(ctx), "drop unrecorded replication slot", func(ctx context.Context) error {
+			_, err := s.pool.Exec(ctx, `
+SELECT pg_drop_replication_slot(slot_name)
+FROM pg_replication_slots
+WHERE slot_name = $1 AND NOT active`, slot)
+			return err
+		})
 		return fmt.Errorf("create replication slot: %w", s.classify(err))
 	}
 	const q = `
@@ -293,6 +327,69 @@ WHERE id = 1`
 		_ = pglogrepl.DropReplicationSlot(context.WithoutCancel(ctx), conn, slot, pglogrepl.DropReplicationSlotOptions{})
 	}
 	return err
+}
+
+// createSlot runs CREATE_REPLICATION_SLOT for slot on conn. The command
+// has no time bound: the database makes a logical slot once every
+// transaction that was running when it began has ended, which may rightly
+// take as long as the longest of them. What is bounded is a connection
+// that hangs: every ConsumeTimeout the consumer looks, on its pool, at
+// conn's session, and once the database has been done with the command
+// (the session no longer runs it, or is gone) for a look with no answer
+// come, it gives up. On YugabyteDB a session that is not listed is taken
+// to be still at work, since its walsenders need not show there.
+func (s *Store) createSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
+	create := func(ctx context.Context) error {
+		_, err := pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+			Mode:           pglogrepl.LogicalReplication,
+			SnapshotAction: "NOEXPORT_SNAPSHOT",
+		})
+		return err
+	}
+	if s.consumeTimeout <= 0 {
+		return create(ctx)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- create(ctx) }()
+	// stop cuts the command (pgconn then closes conn) and waits for it.
+	stop := func(err error) error {
+		cancel()
+		<-done
+		return err
+	}
+	yb := DetectDialect(conn.ParameterStatus("server_version")) == YugabyteDB
+	tick := time.NewTicker(s.consumeTimeout)
+	defer tick.Stop()
+	var finished time.Time // when the session was first seen done with it
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+		}
+		select {
+		case err := <-done: // come with the tick
+			return err
+		default:
+		}
+		lookCtx, cancelLook := s.roundTrip(ctx)
+		rows, _ := s.pool.Query(lookCtx, `SELECT state = 'active' FROM pg_stat_activity WHERE pid = $1`, conn.PID())
+		active, err := pgx.CollectRows(rows, pgx.RowTo[bool])
+		cancelLook()
+		switch {
+		case err != nil:
+			return stop(fmt.Errorf("look up the replication session: %w", err))
+		case len(active) == 1 && active[0], len(active) == 0 && yb:
+			finished = time.Time{}
+		case finished.IsZero():
+			finished = time.Now()
+		default:
+			return stop(fmt.Errorf("the database was done with it %s ago and no answer came: %w",
+				time.Since(finished).Round(time.Millisecond), context.DeadlineExceeded))
+		}
+	}
 }
 
 // DropSlot drops replication slot name and its publication if they exist
@@ -330,9 +427,10 @@ type consumer struct {
 	replyWait time.Duration
 	inTx      bool // between a BEGIN and its COMMIT
 	begin     *pglogrepl.BeginMessage
-	tx        pgx.Tx // the recording transaction, from the first change on
-	skip      bool   // this transaction was recorded before
-	seq       int64  // the last seq written in tx
+	tx        pgx.Tx    // the recording transaction, from the first change on
+	txUsed    time.Time // when tx's last statement ended
+	skip      bool      // this transaction was recorded before
+	seq       int64     // the last seq written in tx
 	batch     []Change
 
 	// Transactions whose COMMIT has come and whose changes are written in
@@ -353,7 +451,13 @@ func (c *consumer) run(ctx context.Context) error {
 			}
 			nextStatus = time.Now().Add(statusInterval)
 		}
+		if err := c.keepAlive(ctx); err != nil {
+			return err
+		}
 		deadline := nextStatus
+		if keep, ok := c.keepAliveCheck(); ok && keep.Before(deadline) {
+			deadline = keep
+		}
 		if c.pending > 0 && !c.inTx {
 			deadline = c.pendingSince.Add(groupDelay)
 		}
@@ -573,12 +677,20 @@ func (c *consumer) add(ctx context.Context, kind string, row Test) error {
 }
 
 // open starts the recording transaction: it locks the state row (a second
-// consumer, say one whose connection the database has not yet noticed is
-// gone, waits here) and decides whether the transaction is new.
+// consumer, say one whose connection hung holding the lock, waits here
+// until the database ends that one's transaction: see
+// recordingIdleTimeout) and decides whether the transaction is new.
 func (c *consumer) open(ctx context.Context) error {
+	opts := pgx.TxOptions{}
+	if idle := recordingIdleTimeout(c.s.consumeTimeout); idle > 0 {
+		// In BEGIN's own round trip (pgx sends it as one simple query);
+		// SET LOCAL: the pool's other transactions keep the server's
+		// setting.
+		opts.BeginQuery = fmt.Sprintf("BEGIN; SET LOCAL idle_in_transaction_session_timeout = %d", idle.Milliseconds())
+	}
 	var tx pgx.Tx
 	err := c.s.bounded(ctx, "begin recording", func(ctx context.Context) (err error) {
-		tx, err = c.s.pool.BeginTx(ctx, pgx.TxOptions{})
+		tx, err = c.s.pool.BeginTx(ctx, opts)
 		return err
 	})
 	if err != nil {
@@ -597,6 +709,7 @@ FOR UPDATE`
 	if err != nil {
 		return err
 	}
+	c.txUsed = time.Now()
 	if uint64(c.begin.FinalLSN) <= uint64(lastLSN) {
 		// Recorded before this session: sent again because the slot had
 		// not been told.
@@ -636,6 +749,7 @@ FROM unnest($5::text[], $6::integer[], $7::text[]) WITH ORDINALITY AS c(kind, id
 	if err != nil {
 		return err
 	}
+	c.txUsed = time.Now()
 	c.seq += int64(len(c.batch))
 	c.batch = c.batch[:0]
 	return nil
@@ -671,6 +785,35 @@ WHERE id = 1`
 		c.s.onChanges()
 	}
 	return c.status(ctx)
+}
+
+// keepAliveCheck returns when keepAlive has next something to do, and
+// false when nothing (no recording transaction, or no ConsumeTimeout).
+func (c *consumer) keepAliveCheck() (time.Time, bool) {
+	keep := recordingKeepAlive(c.s.consumeTimeout)
+	if c.tx == nil || keep <= 0 {
+		return time.Time{}, false
+	}
+	return c.txUsed.Add(keep), true
+}
+
+// keepAlive runs a statement on the recording transaction once it has
+// been idle for recordingKeepAlive, so that a live consumer's transaction
+// outlives recordingIdleTimeout while it waits for the stream: the rest
+// of a transaction may take long to come (the server decodes a large
+// one, changes to other tables included, before its COMMIT), and a
+// transaction ended there would be sent, and ended, again.
+func (c *consumer) keepAlive(ctx context.Context) error {
+	check, ok := c.keepAliveCheck()
+	if !ok || time.Now().Before(check) {
+		return nil
+	}
+	err := c.s.bounded(ctx, "keep recording open", func(ctx context.Context) error {
+		_, err := c.tx.Exec(ctx, `SELECT 1`)
+		return err
+	})
+	c.txUsed = time.Now()
+	return err
 }
 
 // rollback ends the recording transaction, if any, without recording:

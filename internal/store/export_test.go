@@ -181,3 +181,8 @@ func ParseSnapshot(snap, lsn string) (Snapshot, error) {
 	err := sn.parse(snap, lsn)
 	return sn, err
 }
+
+// RecordingIdleTimeout is recordingIdleTimeout, for the fault tests' bounds.
+func RecordingIdleTimeout(consumeTimeout time.Duration) time.Duration {
+	return recordingIdleTimeout(consumeTimeout)
+}
