@@ -96,7 +96,7 @@ func consume(ctx context.Context, log *slog.Logger, st *store.Store, m *metrics.
 			}
 			busy = true
 		case errors.Is(err, store.ErrSlotLost):
-			log.Error("change feed: the replication slot was lost (max_slot_wal_keep_size); making a new one, older cursors get 410", "error", err.Error())
+			log.Error("change feed: the replication slot was lost (max_slot_wal_keep_size on PostgreSQL, cdc_intent_retention_ms on YugabyteDB); making a new one, older cursors get 410", "error", err.Error())
 			busy = false
 			continue
 		default:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -34,10 +35,48 @@ import (
 // slot: another instance is the consumer.
 var ErrSlotBusy = errors.New("replication slot in use by another consumer")
 
-// ErrSlotLost means the database invalidated the slot (it held more WAL
-// than max_slot_wal_keep_size allows): the changes it kept are gone. The
-// consumer drops it and makes a new one, recording a gap.
+// ErrSlotLost means the database invalidated the slot (on PostgreSQL, it
+// held more WAL than max_slot_wal_keep_size allows; on YugabyteDB, nobody
+// read it for longer than cdc_intent_retention_ms): the changes it kept
+// are gone. The consumer drops it and makes a new one, recording a gap.
 var ErrSlotLost = errors.New("replication slot lost")
+
+// slotExpiredMessages are what YugabyteDB answers, starting or reading a
+// slot's stream, once the slot has expired: nobody read it for longer than
+// cdc_intent_retention_ms (4 hours by default) and the history kept for it
+// is gone. The slot must be dropped and made again (yugabyte-db#17925,
+// #23310, #28840). Its row in pg_replication_slots does not say so
+// (#24804), so the store remembers it for ensureSlot.
+var slotExpiredMessages = []string{
+	"is expired for Tablet ID",             // "Stream ID <id> is expired for Tablet ID <id>"
+	"Trying to fetch already GCed intents", // "CDCSDK Trying to fetch already GCed intents for transaction <id>"
+}
+
+// slotExpired reports whether err is YugabyteDB's answer for an expired
+// slot.
+func slotExpired(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	for _, m := range slotExpiredMessages {
+		if strings.Contains(pgErr.Message, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// streamEnded returns err, the end of slot's stream (or of its start), as
+// ErrSlotLost if it says the slot expired, and then marks the slot for
+// ensureSlot to drop and make again.
+func (s *Store) streamEnded(slot string, err error) error {
+	if !slotExpired(err) {
+		return err
+	}
+	s.expiredSlots.Store(slot, true)
+	return fmt.Errorf("%w: %w", ErrSlotLost, err)
+}
 
 // Consumer settings.
 const (
@@ -100,13 +139,13 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg *pgconn.Config, slot str
 		return fmt.Errorf("%w: %w", ErrSlotLost, err)
 	}
 	if err != nil {
-		return fmt.Errorf("start replication: %w", s.classify(err))
+		return s.streamEnded(slot, fmt.Errorf("start replication: %w", s.classify(err)))
 	}
 	if started != nil {
 		started()
 	}
 	c := &consumer{s: s, conn: conn, relations: map[uint32]*pglogrepl.RelationMessage{}, heard: time.Now(), replyWait: replyWait}
-	return c.run(ctx)
+	return s.streamEnded(slot, c.run(ctx))
 }
 
 // defaultWALSenderTimeout is PostgreSQL's default wal_sender_timeout,
@@ -276,7 +315,8 @@ func (s *Store) ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string
 	if err != nil {
 		return err
 	}
-	if st.Exists && st.WALState != "lost" {
+	_, expired := s.expiredSlots.Load(slot)
+	if st.Exists && st.WALState != "lost" && !expired {
 		// A consumer that made the slot and stopped before recording so
 		// leaves slot_ready false; the slot has recorded since it was made.
 		return s.bounded(ctx, "record replication slot", func(ctx context.Context) error {
@@ -325,8 +365,10 @@ WHERE id = 1`
 		// The slot exists and the state does not say so: drop it, so that
 		// the next attempt does both again.
 		_ = pglogrepl.DropReplicationSlot(context.WithoutCancel(ctx), conn, slot, pglogrepl.DropReplicationSlotOptions{})
+		return err
 	}
-	return err
+	s.expiredSlots.Delete(slot) // made again: the new slot has not expired
+	return nil
 }
 
 // createSlot runs CREATE_REPLICATION_SLOT for slot on conn. The command

@@ -186,3 +186,8 @@ func ParseSnapshot(snap, lsn string) (Snapshot, error) {
 func RecordingIdleTimeout(consumeTimeout time.Duration) time.Duration {
 	return recordingIdleTimeout(consumeTimeout)
 }
+
+// StreamEnded is what the consumer makes of the end of slot's stream: err
+// as ErrSlotLost if YugabyteDB said the slot expired, which also marks the
+// slot for the next ConsumeChanges to drop and make again.
+func (s *Store) StreamEnded(slot string, err error) error { return s.streamEnded(slot, err) }

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -238,14 +239,69 @@ func TestConsumeExactlyOnce(t *testing.T) {
 // show as a gap: cursors before it are ErrCursorGone, never a silent skip.
 func TestConsumeGapAfterLostSlot(t *testing.T) {
 	e := mustFeedEnv(t)
-	stop := e.consume(t, e.slot)
-	e.exec(t, `INSERT INTO test (name) VALUES ('a')`)
-	e.mustChanges(t, 0, 1)
-	stop()
+	e.recordOne(t)
 	dbtest.WaitFor(t, "slot released", 20*time.Second, func() bool {
 		_, err := e.pool.Exec(t.Context(), `SELECT pg_drop_replication_slot($1)`, e.slot)
 		return err == nil
 	})
+	e.wantGapAfterMissed(t)
+}
+
+// TestConsumeGapAfterExpiredSlot: a slot YugabyteDB says expired (its
+// stream ends with "Stream ID ... is expired for Tablet ID ...", while
+// pg_replication_slots still lists it as it was) is dropped and made
+// anew, with a gap, as a lost one is. PostgreSQL cannot end a stream with
+// that message: the test hands the consumer's handling of a stream's end
+// the error YugabyteDB sends (yugabyte-db#19437 has one), then lets the
+// next ConsumeChanges find the slot, still whole on PostgreSQL.
+func TestConsumeGapAfterExpiredSlot(t *testing.T) {
+	e := mustFeedEnv(t)
+	e.recordOne(t)
+	expired := &pgconn.PgError{Severity: "ERROR", Code: "XX000",
+		Message: "Stream ID 82fe69ba816747e397e452c7fe029531 is expired for Tablet ID bb33b1d632d143428c95097eca91926e"}
+	if err := e.st.StreamEnded(e.slot, fmt.Errorf("stream: %w", expired)); !errors.Is(err, store.ErrSlotLost) {
+		t.Fatalf("a stream ended by YugabyteDB's expiry: %v, want ErrSlotLost", err)
+	}
+	e.wantGapAfterMissed(t)
+}
+
+// TestStreamEndedOnlyExpiry: only YugabyteDB's expiry messages make a
+// stream's end ErrSlotLost; any other error is returned as it is.
+func TestStreamEndedOnlyExpiry(t *testing.T) {
+	st := store.New(mustPool(t, dbtest.NewSchema(t), nil))
+	for _, tc := range []struct {
+		err  error
+		lost bool
+	}{
+		{&pgconn.PgError{Code: "XX000", Message: "Stream ID 1 is expired for Tablet ID 2"}, true},
+		{&pgconn.PgError{Code: "XX000", Message: "CDCSDK Trying to fetch already GCed intents for transaction 4db46e4b"}, true},
+		{&pgconn.PgError{Code: "XX000", Message: "Query error: Restart read required"}, false},
+		{&pgconn.PgError{Code: "55006", Message: "replication slot \"s\" is active for PID 7"}, false},
+		{errors.New("Stream ID 1 is expired for Tablet ID 2"), false}, // not the database's answer
+		{nil, false},
+	} {
+		got := st.StreamEnded("s", tc.err)
+		if errors.Is(got, store.ErrSlotLost) != tc.lost || (!tc.lost && got != tc.err) {
+			t.Errorf("StreamEnded(%v) = %v, want lost %v", tc.err, got, tc.lost)
+		}
+	}
+}
+
+// recordOne has a consumer record one change, seq 1, and stops it.
+func (e *feedEnv) recordOne(t *testing.T) {
+	t.Helper()
+	stop := e.consume(t, e.slot)
+	e.exec(t, `INSERT INTO test (name) VALUES ('a')`)
+	e.mustChanges(t, 0, 1)
+	stop()
+}
+
+// wantGapAfterMissed commits a change while no consumer runs and the slot
+// is gone or marked for making again, starts a consumer, and checks that
+// the changes before are behind a gap: cursors 0 and 1 get ErrCursorGone,
+// and the next change is seq 3.
+func (e *feedEnv) wantGapAfterMissed(t *testing.T) {
+	t.Helper()
 	e.exec(t, `INSERT INTO test (name) VALUES ('missed')`)
 	e.consume(t, e.slot)
 	e.exec(t, `INSERT INTO test (name) VALUES ('b')`)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,7 @@ type Store struct {
 	onError        func(sqlstate string) // see ObserveErrors; nil means nobody listens
 	onChanges      func()                // see OnChanges; nil means nobody listens
 	consumeTimeout time.Duration         // see ConsumeTimeout; 0 means no bound
+	expiredSlots   sync.Map              // slot names YugabyteDB said expired (see streamEnded), until made again
 	dialect        Dialect               // forces dialectOf's answer; "" (always, outside tests) reads it from the connection
 }
 
